@@ -1,0 +1,74 @@
+"""The exception tree of dispy.
+
+::
+
+    DispyError
+    ├── ConfigError              bad site config, unknown plugin name, bad option value
+    │   └── PluginNotFound       a selected plugin is not installed (message lists installed names)
+    ├── ProtocolError            a frame or message that does not follow the wire protocol
+    │   ├── FrameTooLarge        a declared size above the bound, refused before allocation
+    │   ├── IntegrityError       a frame MAC that does not verify, a replayed or reordered frame
+    │   └── AuthenticationError  the peer could not prove the shared secret
+    ├── TransportError           connecting, listening or TLS failed
+    ├── SerializationError       an object that cannot be serialized / a payload that cannot be loaded
+    ├── ExecutionError           a computation could not be set up or run on a node
+    │   └── SetupError           setup failed, returned an unknown code or timed out
+    └── UnsafePathError          a path from a peer that would escape its directory
+"""
+
+from __future__ import annotations
+
+
+class DispyError(Exception):
+    """Base of every error raised by dispy itself."""
+
+
+class ConfigError(DispyError, ValueError):
+    """Configuration (site config, environment, options) is invalid."""
+
+
+class PluginNotFound(ConfigError):
+    """A plugin name was selected that is not installed."""
+
+    def __init__(self, role: str, name: str, installed: list[str]) -> None:
+        self.role = role
+        self.name = name
+        self.installed = sorted(installed)
+        names = ", ".join(self.installed) or "(none)"
+        super().__init__(f"no {role} plugin named {name!r} is installed; installed {role} plugins: {names}")
+
+
+class ProtocolError(DispyError):
+    """Bytes from a peer that do not form a valid frame or message."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame declares a size above the configured bound."""
+
+
+class IntegrityError(ProtocolError):
+    """A frame whose MAC or sequence number does not verify."""
+
+
+class AuthenticationError(ProtocolError):
+    """The peer failed the challenge-response over the shared secret."""
+
+
+class TransportError(DispyError, OSError):
+    """A connection could not be made, kept or secured."""
+
+
+class SerializationError(DispyError):
+    """An object could not be serialized, or a payload could not be loaded."""
+
+
+class ExecutionError(DispyError):
+    """A computation could not be set up or run on a node."""
+
+
+class SetupError(ExecutionError):
+    """The computation's setup failed, returned an unknown value or took too long."""
+
+
+class UnsafePathError(DispyError, ValueError):
+    """A path received from a peer would escape the directory it belongs to."""

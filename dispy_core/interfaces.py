@@ -1,0 +1,195 @@
+"""The typing.Protocols that factory hooks return.
+
+The core drives these objects on the hot path directly (no pluggy call per frame or per job):
+a hook picks the driver once, the driver does the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+# --------------------------------------------------------------------------- transport
+@runtime_checkable
+class ByteStream(Protocol):
+    """One established, ordered, reliable byte stream (a TCP or TLS connection)."""
+
+    @property
+    def peer(self) -> tuple[str, int]: ...
+
+    async def read(self, max_bytes: int = 262144) -> bytes:
+        """Up to ``max_bytes`` bytes; ``b''`` at end of stream."""
+        ...
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` and wait until the transport's buffer has drained enough."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Listener(Protocol):
+    """A listening endpoint; ``address`` is the actual (host, port) bound (port 0 resolved)."""
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+    async def close(self) -> None: ...
+
+
+StreamHandler = Callable[[ByteStream], Awaitable[None]]
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Moves bytes; framing, authentication and integrity are the core's job, not the transport's."""
+
+    scheme: str
+
+    async def connect(self, host: str, port: int, *, timeout: float) -> ByteStream: ...
+
+    async def listen(self, host: str, port: int, handler: StreamHandler) -> Listener: ...
+
+
+# --------------------------------------------------------------------------- serializer
+@runtime_checkable
+class Serializer(Protocol):
+    """Turns user objects (arguments, results, code) into bytes and back.
+
+    ``loads`` may execute code (pickle): the core calls it only on payloads from an authenticated peer.
+    """
+
+    name: str
+
+    def dumps(self, obj: Any) -> bytes: ...
+
+    def loads(self, data: bytes | memoryview) -> Any: ...
+
+    def dumps_code(self, obj: Any) -> bytes:
+        """Serialize a function, class, instance or module *by value* (so ``__main__`` code travels)."""
+        ...
+
+
+# --------------------------------------------------------------------------- discovery
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    """Where a node listens: a resolved IP address and the node port."""
+
+    ip_addr: str
+    port: int
+    host: str = ""
+
+
+@runtime_checkable
+class Discovery(Protocol):
+    """Finds nodes: resolves explicit hosts now; broadcast / multicast in a later plugin version."""
+
+    async def resolve(self, host: str, port: int) -> list[NodeAddress]:
+        """Addresses for an explicit host name or IP; raises ConfigError for patterns it cannot serve."""
+        ...
+
+
+# --------------------------------------------------------------------------- executor
+@dataclass(slots=True)
+class ComputationSpec:
+    """Everything a node-side executor needs to host one computation.
+
+    ``code`` is the computation serialized by ``serializer`` (by value), ``source``/``code_name`` a
+    source-code fallback used when the client's Python differs from the node's. ``kind`` is
+    ``"function"`` or ``"program"`` (then ``program`` is the program's path relative to
+    ``work_dir`` or absolute). ``depends_code`` is a serialized list of functions/classes/instances
+    that jobs see as globals. ``setup``/``cleanup`` are serialized callables (or empty bytes).
+    """
+
+    comp_id: str
+    name: str
+    kind: str
+    work_dir: Path
+    serializer: str
+    code: bytes = b""
+    source: str = ""
+    code_name: str = ""
+    program: str = ""
+    py_version: tuple[int, int] = (0, 0)
+    depends_code: bytes = b""
+    setup: bytes = b""
+    cleanup: bytes = b""
+    setup_args: bytes = b""
+    node_name: str = ""
+    node_ip_addr: str = ""
+    setup_timeout: float = 600.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    """What a finished job reports; ``result`` stays serialized (the node never loads user data)."""
+
+    status: int
+    result: bytes = b""
+    stdout: bytes = b""
+    stderr: bytes = b""
+    exception: str = ""
+    start_time: float = 0.0
+    end_time: float = 0.0
+
+
+class ExecutorEvents(Protocol):
+    """Callbacks an executor makes into the node driver (called on the node's event loop)."""
+
+    def job_started(self, comp_id: str, job_uid: int, start_time: float) -> None: ...
+
+    def job_provisional(self, comp_id: str, job_uid: int, result: bytes) -> None: ...
+
+    def job_file(self, comp_id: str, job_uid: int, relpath: str, data: bytes) -> None: ...
+
+    def job_done(self, comp_id: str, job_uid: int, outcome: JobOutcome) -> None: ...
+
+
+@runtime_checkable
+class JobExecutor(Protocol):
+    """Runs jobs in child processes; the node process never runs user code."""
+
+    name: str
+
+    async def open(self, spec: ComputationSpec, events: ExecutorEvents) -> None:
+        """Start hosting a computation and run its setup; raises SetupError (with the reason)."""
+        ...
+
+    async def submit(self, comp_id: str, job_uid: int, args: bytes) -> None:
+        """Start one job (its own process); completion arrives through ``events.job_done``."""
+        ...
+
+    async def cancel(self, comp_id: str, job_uid: int, grace: float = 5.0) -> bool:
+        """Interrupt a running job, kill it (and its children) after ``grace`` s; False if unknown."""
+        ...
+
+    async def close(self, comp_id: str, *, terminate: bool = False) -> None:
+        """Stop hosting a computation (running cleanup); ``terminate`` kills running jobs first."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Close every computation and leave no process behind."""
+        ...
+
+
+# --------------------------------------------------------------------------- scheduler
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    """A snapshot of one node as the scheduler sees it."""
+
+    node_id: str
+    cpus: int
+    busy: int
+    jobs_done: int = 0
+    avg_job_time: float = 0.0
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    """Chooses the node for the next job; a pure function of snapshots."""
+
+    def choose(self, nodes: Sequence[NodeLoad]) -> str | None: ...

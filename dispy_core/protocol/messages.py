@@ -1,0 +1,295 @@
+"""Every message of the wire protocol: frozen dataclasses with pinned type codes.
+
+A message's fields are of the safe types ``int``, ``float``, ``bool``, ``str``, ``bytes``,
+``list[str]``, ``list[int]`` and ``dict[str, Any]`` (JSON values only). ``bytes`` fields carry opaque
+payloads (serialized user objects, file data); they travel as raw blobs, never inside JSON, and the
+core never loads them. The type codes are part of the protocol: never renumber, only add.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+PROTOCOL_VERSION = 1
+
+MESSAGE_TYPES: dict[int, type[Message]] = {}
+_M = TypeVar("_M", bound="type[Message]")
+
+
+def message(code: int) -> typing.Callable[[_M], _M]:
+    """Register a message class under a pinned type code."""
+
+    def register(cls: _M) -> _M:
+        if code in MESSAGE_TYPES:
+            raise RuntimeError(f"message code {code} used twice: {MESSAGE_TYPES[code].__name__}, {cls.__name__}")
+        cls.CODE = code
+        MESSAGE_TYPES[code] = cls
+        return cls
+
+    return register
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    CODE: ClassVar[int] = 0
+
+
+def field_kinds(cls: type[Message]) -> list[tuple[str, type]]:
+    """(name, type) of each field, with annotations resolved (cached per class)."""
+    cached = _FIELD_KINDS.get(cls)
+    if cached is None:
+        hints = typing.get_type_hints(cls)
+        cached = [(f.name, hints[f.name]) for f in dataclasses.fields(cls)]
+        _FIELD_KINDS[cls] = cached
+    return cached
+
+
+_FIELD_KINDS: dict[type, list[tuple[str, type]]] = {}
+
+
+# --------------------------------------------------------------------------- handshake (1-9)
+@message(1)
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """Connecting side opens: its nonce and the protocol versions it speaks."""
+
+    nonce: bytes
+    role: str = "client"
+    name: str = ""
+    versions: list[int] = field(default_factory=lambda: [PROTOCOL_VERSION])
+    software: str = ""
+
+
+@message(2)
+@dataclass(frozen=True, slots=True)
+class Challenge(Message):
+    """Accepting side answers: its nonce and its proof of the secret over both nonces."""
+
+    nonce: bytes
+    proof: bytes
+    version: int = PROTOCOL_VERSION
+    name: str = ""
+    software: str = ""
+
+
+@message(3)
+@dataclass(frozen=True, slots=True)
+class Auth(Message):
+    """Connecting side proves the secret over both nonces."""
+
+    proof: bytes
+
+
+@message(4)
+@dataclass(frozen=True, slots=True)
+class AuthOk(Message):
+    """Accepting side confirms; the first frame under the session keys."""
+
+    name: str = ""
+
+
+@message(5)
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """A refusal or failure the peer should see (``req_id`` 0 when not an answer)."""
+
+    code: str
+    message: str
+    req_id: int = 0
+
+
+@message(6)
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    req_id: int = 0
+
+
+@message(7)
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    req_id: int = 0
+
+
+# --------------------------------------------------------------------------- node info (10-19)
+@message(10)
+@dataclass(frozen=True, slots=True)
+class NodeInfoRequest(Message):
+    req_id: int = 0
+
+
+@message(11)
+@dataclass(frozen=True, slots=True)
+class NodeInfo(Message):
+    """What a node tells a client about itself."""
+
+    req_id: int
+    name: str
+    ip_addr: str
+    cpus: int
+    avail_cpus: int
+    platform: str = ""
+    python: str = ""
+    executor: str = ""
+    serializers: list[str] = field(default_factory=list)
+    avail_info: dict[str, Any] = field(default_factory=dict)
+
+
+@message(12)
+@dataclass(frozen=True, slots=True)
+class Pulse(Message):
+    """A node's periodic sign of life with its availability."""
+
+    busy: int = 0
+    avail_cpus: int = 0
+    avail_info: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- computations (20-29)
+@message(20)
+@dataclass(frozen=True, slots=True)
+class ComputationOpen(Message):
+    """Client asks a node to host a computation (files come before it as FileChunk)."""
+
+    req_id: int
+    comp_id: str
+    name: str
+    kind: str
+    code: bytes = b""
+    source: str = ""
+    code_name: str = ""
+    program: str = ""
+    py_version: list[int] = field(default_factory=list)
+    depends_code: bytes = b""
+    setup: bytes = b""
+    cleanup: bytes = b""
+    cleanup_files: bool = True
+    setup_args: bytes = b""
+    cpus: int = 0
+    dest_path: str = ""
+    setup_timeout: float = 600.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@message(21)
+@dataclass(frozen=True, slots=True)
+class ComputationReady(Message):
+    """Node's answer to ComputationOpen: usable with ``cpus`` CPUs, or not with ``error``."""
+
+    req_id: int
+    comp_id: str
+    ok: bool
+    cpus: int = 0
+    error: str = ""
+    dest_path: str = ""
+
+
+@message(22)
+@dataclass(frozen=True, slots=True)
+class ComputationClose(Message):
+    req_id: int
+    comp_id: str
+    terminate: bool = False
+
+
+@message(23)
+@dataclass(frozen=True, slots=True)
+class ComputationClosed(Message):
+    req_id: int
+    comp_id: str
+    error: str = ""
+
+
+# --------------------------------------------------------------------------- jobs (30-39)
+@message(30)
+@dataclass(frozen=True, slots=True)
+class JobSubmit(Message):
+    comp_id: str
+    job_uid: int
+    args: bytes
+    files: list[str] = field(default_factory=list)
+
+
+@message(31)
+@dataclass(frozen=True, slots=True)
+class JobStarted(Message):
+    comp_id: str
+    job_uid: int
+    start_time: float
+
+
+@message(32)
+@dataclass(frozen=True, slots=True)
+class JobResult(Message):
+    comp_id: str
+    job_uid: int
+    status: int
+    result: bytes = b""
+    stdout: bytes = b""
+    stderr: bytes = b""
+    exception: str = ""
+    start_time: float = 0.0
+    end_time: float = 0.0
+
+
+@message(33)
+@dataclass(frozen=True, slots=True)
+class JobProvisional(Message):
+    comp_id: str
+    job_uid: int
+    result: bytes
+
+
+@message(34)
+@dataclass(frozen=True, slots=True)
+class JobCancel(Message):
+    comp_id: str
+    job_uid: int
+
+
+@message(35)
+@dataclass(frozen=True, slots=True)
+class JobRefused(Message):
+    """The node cannot run this job now (no free CPU, unknown computation...): the client re-queues it."""
+
+    comp_id: str
+    job_uid: int
+    reason: str
+
+
+# --------------------------------------------------------------------------- files (40-49)
+@message(40)
+@dataclass(frozen=True, slots=True)
+class FileChunk(Message):
+    """A piece of a file sent to a node, into the computation's directory (``job_uid`` > 0: per job)."""
+
+    req_id: int
+    comp_id: str
+    relpath: str
+    size: int
+    offset: int
+    data: bytes
+    last: bool = True
+    job_uid: int = 0
+    mode: int = 0o644
+
+
+@message(41)
+@dataclass(frozen=True, slots=True)
+class FileAck(Message):
+    req_id: int
+    ok: bool
+    error: str = ""
+
+
+@message(42)
+@dataclass(frozen=True, slots=True)
+class JobFile(Message):
+    """A file a job sends to the client with ``dispy_send_file``."""
+
+    comp_id: str
+    job_uid: int
+    relpath: str
+    data: bytes
