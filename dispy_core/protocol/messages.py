@@ -24,7 +24,8 @@ def message(code: int) -> typing.Callable[[_M], _M]:
 
     def register(cls: _M) -> _M:
         if code in MESSAGE_TYPES:
-            raise RuntimeError(f"message code {code} used twice: {MESSAGE_TYPES[code].__name__}, {cls.__name__}")
+            used = MESSAGE_TYPES[code].__name__
+            raise RuntimeError(f"message code {code} used twice: {used}, {cls.__name__}")
         cls.CODE = code
         MESSAGE_TYPES[code] = cls
         return cls
@@ -151,7 +152,7 @@ class Pulse(Message):
 @message(20)
 @dataclass(frozen=True, slots=True)
 class ComputationOpen(Message):
-    """Client asks a node to host a computation (files come before it as FileChunk)."""
+    """Client asks a node to host a computation; files follow as FileChunk, then ComputationSetup."""
 
     req_id: int
     comp_id: str
@@ -173,10 +174,20 @@ class ComputationOpen(Message):
     options: dict[str, Any] = field(default_factory=dict)
 
 
+@message(24)
+@dataclass(frozen=True, slots=True)
+class ComputationSetup(Message):
+    """Client says all files are sent: the node starts the computation's host and runs setup."""
+
+    req_id: int
+    comp_id: str
+
+
 @message(21)
 @dataclass(frozen=True, slots=True)
 class ComputationReady(Message):
-    """Node's answer to ComputationOpen: usable with ``cpus`` CPUs, or not with ``error``."""
+    """Node's answer to ComputationOpen (directory made) and ComputationSetup (``cpus`` usable), or
+    ``ok`` False with ``error``."""
 
     req_id: int
     comp_id: str

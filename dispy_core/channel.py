@@ -1,0 +1,184 @@
+"""An authenticated connection: the sans-I/O :class:`Session` driven over a transport's ByteStream.
+
+Every transport gets the same security because the handshake, MACs and framing happen here, above
+the transport. One channel per client-node pair carries every message both ways (no connection per job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dispy_core.errors import DispyError, ProtocolError, TransportError
+from dispy_core.interfaces import ByteStream, Serializer, Transport
+from dispy_core.protocol import messages as m
+from dispy_core.protocol.session import Session
+
+log = logging.getLogger("dispy.channel")
+
+READ_SIZE = 1 << 20
+REPLY_TYPES: tuple[type[m.Message], ...] = (
+    m.NodeInfo, m.ComputationReady, m.ComputationClosed, m.FileAck, m.Pong, m.Error)
+
+
+class RemoteError(DispyError):
+    """The peer answered a request with an Error message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {message}")
+
+
+class Channel:
+    """Frames messages over one stream; correlates requests and replies by ``req_id``."""
+
+    def __init__(self, stream: ByteStream, session: Session, early: list[m.Message]) -> None:
+        self.stream = stream
+        self.session = session
+        self.peer = stream.peer
+        self.closed = False
+        self.close_reason = ""
+        self.tx_bytes = 0
+        self.rx_bytes = 0
+        self._early = early
+        self._req_ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[m.Message]] = {}
+
+    # ------------------------------------------------------------------ establishing
+    @classmethod
+    async def connect(cls, transport: Transport, host: str, port: int, *, secret: str | bytes,
+                      serializers: Mapping[str, Serializer], serializer: str, timeout: float,
+                      name: str = "", software: str = "", max_frame_size: int | None = None) -> Channel:
+        stream = await transport.connect(host, port, timeout=timeout)
+        session = cls._session(True, secret, name, software, serializers, serializer, max_frame_size)
+        session.start()
+        return await cls._handshake(stream, session, timeout)
+
+    @classmethod
+    async def accept(cls, stream: ByteStream, *, secret: str | bytes, serializers: Mapping[str, Serializer],
+                     serializer: str, timeout: float, name: str = "", software: str = "",
+                     max_frame_size: int | None = None) -> Channel:
+        session = cls._session(False, secret, name, software, serializers, serializer, max_frame_size)
+        return await cls._handshake(stream, session, timeout)
+
+    @staticmethod
+    def _session(initiator: bool, secret: str | bytes, name: str, software: str,
+                 serializers: Mapping[str, Serializer], serializer: str, max_frame_size: int | None) -> Session:
+        kwargs: dict[str, Any] = {}
+        if max_frame_size:
+            kwargs["max_frame_size"] = max_frame_size
+        return Session(initiator=initiator, secret=secret, name=name, software=software,
+                       serializers=dict(serializers), serializer=serializer, **kwargs)
+
+    @classmethod
+    async def _handshake(cls, stream: ByteStream, session: Session, timeout: float) -> Channel:
+        early: list[m.Message] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    out = session.data_to_send()
+                    if out:
+                        await stream.write(out)
+                    if session.authenticated:
+                        break
+                    data = await stream.read(READ_SIZE)
+                    if not data:
+                        raise TransportError(f"{_fmt(stream.peer)} closed the connection during the handshake")
+                    early.extend(session.receive_data(data))
+        except ProtocolError:
+            out = session.data_to_send()  # e.g. the acceptor's "authentication failed" notice
+            if out:
+                try:
+                    await asyncio.wait_for(stream.write(out), 2)
+                except (OSError, TimeoutError, DispyError):
+                    pass
+            await stream.close()
+            raise
+        except TimeoutError:
+            await stream.close()
+            raise TransportError(f"handshake with {_fmt(stream.peer)} timed out after {timeout} s") from None
+        except BaseException:
+            await stream.close()
+            raise
+        return cls(stream, session, early)
+
+    # ------------------------------------------------------------------ traffic
+    def next_req_id(self) -> int:
+        return next(self._req_ids)
+
+    async def send(self, msg: m.Message) -> None:
+        if self.closed:
+            raise TransportError(f"connection to {_fmt(self.peer)} is closed: {self.close_reason}")
+        frame = self.session.send(msg)
+        self.tx_bytes += len(frame)
+        await self.stream.write(frame)
+
+    async def request(self, msg: m.Message, timeout: float) -> m.Message:
+        """Send ``msg`` (which carries a fresh ``req_id``) and wait for the reply with that id."""
+        req_id = msg.req_id  # type: ignore[attr-defined]
+        future: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = future
+        try:
+            await self.send(msg)
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise TransportError(f"{_fmt(self.peer)} did not answer {type(msg).__name__} "
+                                 f"within {timeout} s") from None
+        finally:
+            self._pending.pop(req_id, None)
+        if isinstance(reply, m.Error):
+            raise RemoteError(reply.code, reply.message)
+        return reply
+
+    async def run(self, handler: Callable[[m.Message], Any]) -> None:
+        """Read until the peer closes; replies resolve requests, everything else goes to ``handler``."""
+        try:
+            for msg in self._early:
+                self._dispatch(msg, handler)
+            self._early = []
+            while True:
+                data = await self.stream.read(READ_SIZE)
+                if not data:
+                    self.close_reason = "closed by peer"
+                    break
+                self.rx_bytes += len(data)
+                for msg in self.session.receive_data(data):
+                    self._dispatch(msg, handler)
+        except ProtocolError as exc:
+            self.close_reason = f"protocol error: {exc}"
+            log.warning("dropping connection with %s: %s", _fmt(self.peer), exc)
+        except (OSError, TransportError) as exc:
+            self.close_reason = f"connection lost: {exc}"
+        finally:
+            await self.close(self.close_reason or "closed")
+
+    def _dispatch(self, msg: m.Message, handler: Callable[[m.Message], Any]) -> None:
+        if isinstance(msg, REPLY_TYPES):
+            future = self._pending.get(getattr(msg, "req_id", 0))
+            if future is not None and not future.done():
+                future.set_result(msg)
+                return
+        handler(msg)
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = self.close_reason or reason
+        error = TransportError(f"connection to {_fmt(self.peer)} closed: {self.close_reason}")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        await self.stream.close()
+
+
+def _fmt(addr: Any) -> str:
+    try:
+        host, port = addr[0], addr[1]
+    except (TypeError, IndexError):
+        return str(addr)
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -1,0 +1,111 @@
+"""Packaging a computation for nodes: code by value plus source, dependencies split into files and code."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import textwrap
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispy_core.errors import SerializationError
+from dispy_core.interfaces import Serializer
+
+
+@dataclass
+class FileDepend:
+    """A file to send: local path and the path relative to the computation's directory on the node."""
+
+    path: str
+    relpath: str
+    size: int
+    mode: int
+
+
+@dataclass
+class Package:
+    kind: str
+    name: str
+    code: bytes = b""
+    source: str = ""
+    code_name: str = ""
+    program: str = ""
+    depends_code: bytes = b""
+    setup: bytes = b""
+    cleanup: bytes = b""
+    files: list[FileDepend] = field(default_factory=list)
+
+
+def file_depend(path: str) -> FileDepend:
+    if not os.path.isfile(path):
+        raise ValueError(f"dependency {path!r} is not a readable file")
+    stat = os.stat(path)
+    return FileDepend(os.path.abspath(path), os.path.basename(path), stat.st_size, stat.st_mode & 0o777)
+
+
+def function_source(fn: Any) -> str:
+    """The function's source, dedented, or '' when there is none (lambdas in expressions, REPL code)."""
+    if getattr(fn, "__name__", "") == "<lambda>":
+        return ""
+    try:
+        return textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        return ""
+
+
+def split_depends(depends: list[Any], serializer: Serializer) -> tuple[bytes, list[FileDepend]]:
+    """Files and modules become files; functions, classes and instances travel by value as code."""
+    code_objects: list[Any] = []
+    files: list[FileDepend] = []
+    for dep in depends or []:
+        if isinstance(dep, str | os.PathLike):
+            files.append(file_depend(os.fspath(dep)))
+        elif isinstance(dep, types.ModuleType):
+            module_file = getattr(dep, "__file__", None)
+            if not module_file or not module_file.endswith(".py"):
+                if dep.__name__ in sys.builtin_module_names or module_file is None:
+                    continue  # built in: present on every node
+                raise ValueError(f"module {dep.__name__} has no Python source to send ({module_file})")
+            files.append(file_depend(module_file))
+        elif callable(dep) or inspect.isclass(dep) or hasattr(dep, "__dict__"):
+            code_objects.append(dep)
+        else:
+            raise ValueError(f"cannot send dependency {dep!r}: give a file path, module, function, "
+                             f"class or instance")
+    depends_code = serializer.dumps_code(code_objects) if code_objects else b""
+    return depends_code, files
+
+
+def package(computation: Any, depends: list[Any], setup: Any, cleanup: Any, serializer: Serializer) -> Package:
+    if isinstance(computation, str):
+        if os.path.isfile(computation):
+            dep = file_depend(computation)
+            pkg = Package("program", os.path.basename(computation), program=dep.relpath)
+            pkg.files.append(dep)
+        else:
+            pkg = Package("program", os.path.basename(computation), program=computation)
+    elif callable(computation) and inspect.isfunction(computation):
+        pkg = Package("function", computation.__name__, code=serializer.dumps_code(computation),
+                      source=function_source(computation), code_name=computation.__name__)
+    elif callable(computation):
+        try:
+            pkg = Package("function", getattr(computation, "__name__", type(computation).__name__),
+                          code=serializer.dumps_code(computation))
+        except SerializationError:
+            raise
+    else:
+        raise ValueError(f"computation must be a Python function or the path of a program, not {computation!r}")
+    depends_code, files = split_depends(depends, serializer)
+    pkg.depends_code = depends_code
+    pkg.files.extend(files)
+    for what, fn in (("setup", setup), ("cleanup", cleanup)):
+        if fn is None or isinstance(fn, bool):
+            continue
+        if not callable(fn):
+            raise ValueError(f"{what} must be a function, not {fn!r}")
+        if pkg.kind == "program":
+            raise ValueError(f"{what} is only possible with a Python function computation")
+        setattr(pkg, what, serializer.dumps_code(fn))
+    return pkg

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dispy_core.testing.nodes import NodeProcess, start_node
+
+
+@pytest.fixture
+def node_factory(tmp_path: Any) -> Iterator[Callable[..., NodeProcess]]:
+    """Start real dispynode processes on loopback; all are stopped (by PID) after the test."""
+    started: list[NodeProcess] = []
+
+    def factory(*args: str, **kwargs: Any) -> NodeProcess:
+        kwargs.setdefault("prefix", tmp_path / f"node{len(started)}")
+        kwargs["prefix"].mkdir(parents=True, exist_ok=True)
+        node = start_node(args, **kwargs)
+        started.append(node)
+        return node
+
+    yield factory
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def node(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
+    return node_factory()
