@@ -115,6 +115,7 @@ class JobCluster:
         self._callbacks = CallbackThread("dispy-callbacks") if (job_status or cluster_status) else None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._discovered = threading.Event()
+        self._parked: list[DispyJob] = []
         self._loop.submit(self._discover(self._allocs))
 
     # ================================================================== public API
@@ -270,6 +271,9 @@ class JobCluster:
                 tasks.append(self._start_node(conn))
         await asyncio.gather(*tasks, return_exceptions=True)
         self._discovered.set()
+        parked, self._parked = self._parked, []
+        for job in parked:
+            self._enqueue(job)
         if not any(c.ready for c in self._nodes.values()):
             log.error("cluster %s has no usable node (tried %s); jobs wait until a node is added",
                       self.name, ", ".join(self._nodes) or "none")
@@ -384,6 +388,9 @@ class JobCluster:
     def _enqueue(self, job: DispyJob) -> None:
         if job._pinned is not None:
             conn = self._nodes.get(job._pinned)
+            if conn is None and not self._discovered.is_set():
+                self._parked.append(job)  # its node may still be being found
+                return
             if conn is None:
                 job.exception = f"node {job._pinned} is not in this cluster"
                 self._job_final(job, JobStatus.Cancelled)

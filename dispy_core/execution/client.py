@@ -1,0 +1,314 @@
+"""The node-side half of an executor: launches one host process per computation and talks to it.
+
+Runs on the node's event loop with no threads of its own and no polling: the host's stdout arrives
+through an asyncio subprocess protocol, is cut into frames by :mod:`ipc` and turned into
+``ExecutorEvents`` calls. Nothing received is ever unpickled: results, output and files stay opaque
+bytes. Anything malformed marks only that computation broken (its jobs Terminated with the reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from dispy_core.errors import ExecutionError, SetupError
+from dispy_core.execution import ipc, proctree
+from dispy_core.execution.namespace import CompInfo
+from dispy_core.interfaces import ComputationSpec, ExecutorEvents, JobOutcome
+from dispy_core.status import JobStatus
+
+logger = logging.getLogger("dispy.node.executor")
+
+_STATUSES = frozenset(int(s) for s in JobStatus)
+_EXIT_GRACE = 1.0  # after the host exits, how long its pipe may stay open (a leaked fd) before we give up
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise ValueError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _float(value: Any) -> float:
+    if type(value) not in (int, float):
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+class _HostLink(asyncio.SubprocessProtocol):
+    """One computation's host process, seen from the node."""
+
+    def __init__(self, comp_id: str, events: ExecutorEvents, max_frame: int) -> None:
+        self.comp_id = comp_id
+        self.events = events
+        self.reader = ipc.FrameReader(max_frame)
+        self.running: dict[int, int] = {}  # job uid -> job pid (0 until started)
+        self.control: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self.broken = ""
+        self.closing = False
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.stdin: Any = None
+        self.pid = 0
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._exit_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self.transport = transport
+        self.pid = transport.get_pid()
+        self.stdin = transport.get_pipe_transport(0)
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        if self.broken or fd != 1:
+            return
+        assert isinstance(data, bytes)
+        try:
+            frames = self.reader.feed(data)
+        except ipc.IPCError as exc:
+            self.fail(f"the computation host sent malformed data: {exc}")
+            return
+        for header, blobs in frames:
+            try:
+                self._dispatch(header, blobs)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                self.fail(f"the computation host sent a malformed {str(header.get('op'))[:40]!r} message: "
+                          f"{type(exc).__name__}: {exc}")
+                return
+
+    def process_exited(self) -> None:
+        # stdout may still hold the host's last frames: finish at connection_lost, or soon regardless
+        loop = asyncio.get_running_loop()
+        self._exit_timer = loop.call_later(_EXIT_GRACE, self._host_gone)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._host_gone()
+
+    # ------------------------------------------------------------------ frames
+    def _dispatch(self, header: dict[str, Any], blobs: list[bytes]) -> None:
+        op = header["op"]
+        if op == "done":
+            uid = _int(header["uid"])
+            status = _int(header["status"])
+            if status not in _STATUSES:
+                raise ValueError(f"unknown job status {status}")
+            outcome = JobOutcome(status=status, result=blobs[0], stdout=blobs[1], stderr=blobs[2],
+                                 exception=_str(header["exc"]), start_time=_float(header["t0"]),
+                                 end_time=_float(header["t1"]))
+            if self.running.pop(uid, None) is None:
+                logger.warning("computation %s: result for unknown job %s ignored", self.comp_id, uid)
+                return
+            self._notify(self.events.job_done, uid, outcome)
+        elif op == "started":
+            uid = _int(header["uid"])
+            pid = _int(header["pid"])
+            start = _float(header["t"])
+            if uid in self.running:
+                self.running[uid] = pid
+                self._notify(self.events.job_started, uid, start)
+        elif op == "prov":
+            uid = _int(header["uid"])
+            if uid in self.running:
+                self._notify(self.events.job_provisional, uid, blobs[0])
+        elif op == "file":
+            uid = _int(header["uid"])
+            relpath = _str(header["relpath"])
+            if uid in self.running:
+                self._notify(self.events.job_file, uid, relpath, blobs[0])
+        elif op in ("setup_start", "ready", "setup_failed", "closed"):
+            self.control.put_nowait((op, header))
+        else:
+            raise ValueError(f"unknown operation {op!r}")
+
+    def _notify(self, callback: Any, *args: Any) -> None:
+        try:
+            callback(self.comp_id, *args)
+        except Exception:  # the node's bug must not cost this computation its other results
+            logger.exception("computation %s: event handler %s failed", self.comp_id,
+                             getattr(callback, "__name__", callback))
+
+    def send(self, header: dict[str, Any], blobs: list[bytes] | None = None) -> None:
+        if self.stdin is None or self.stdin.is_closing():
+            raise ExecutionError(f"computation {self.comp_id}: host process is not running")
+        self.stdin.write(ipc.encode(header, blobs or ()))
+
+    # ------------------------------------------------------------------ failure
+    def fail(self, reason: str) -> None:
+        """Mark the computation broken: kill its host and jobs, report running jobs Terminated."""
+        if not self.broken:
+            self.broken = reason
+            logger.warning("computation %s: %s", self.comp_id, reason)
+        self._kill()
+        self._terminate_running(reason)
+        self.control.put_nowait(("gone", {"reason": reason}))
+
+    def _host_gone(self) -> None:
+        if self.gone.done():
+            return
+        if self._exit_timer is not None:
+            self._exit_timer.cancel()
+        code = self.transport.get_returncode() if self.transport is not None else None
+        reason = f"the computation host process {proctree.describe_returncode(code)}"
+        if not self.broken and (self.running or not self.closing):
+            self.broken = reason
+        self._kill()
+        self._terminate_running(reason + "; the job's result is lost")
+        self.control.put_nowait(("gone", {"reason": self.broken or reason}))
+        self.gone.set_result(None)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _terminate_running(self, reason: str) -> None:
+        running, self.running = self.running, {}
+        me = os.getpid()
+        for uid, pid in running.items():
+            if pid > 1 and pid != me and hasattr(os, "getpgid"):
+                with contextlib.suppress(OSError):
+                    if os.getpgid(pid) == pid:  # our jobs lead their own group; anything else is not ours
+                        proctree.kill_tree(pid)
+            self._notify(self.events.job_done, uid,
+                         JobOutcome(status=JobStatus.Terminated, exception=reason))
+
+    def _kill(self) -> None:
+        if self.pid and not self.gone.done():
+            if hasattr(os, "killpg"):
+                proctree.signal_group(self.pid, signal.SIGKILL)
+            elif self.transport is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.transport.kill()
+
+
+class HostExecutor:
+    """A :class:`~dispy_core.interfaces.JobExecutor` running each computation in a host process.
+
+    Subclasses pick ``mode``: "fork" (jobs fork from the host) or "spawn" (a fresh interpreter per job).
+    Settings read from the node config: ``executor.max_frame`` (bytes, default 256 MiB) and
+    ``executor.start_timeout`` (seconds a host may take to load the computation, default 60).
+    """
+
+    name = "host"
+    mode = "fork"
+
+    def __init__(self, config: Any = None) -> None:
+        get = getattr(config, "get", None)
+        default_max = ipc.DEFAULT_MAX_FRAME
+        self.max_frame = int(get("executor.max_frame", default_max)) if get else default_max
+        self.start_timeout = float(get("executor.start_timeout", 60.0)) if get else 60.0
+        self._links: dict[str, _HostLink] = {}
+
+    async def open(self, spec: ComputationSpec, events: ExecutorEvents) -> None:
+        if spec.comp_id in self._links:
+            raise SetupError(f"computation {spec.comp_id} is already open on this node")
+        loop = asyncio.get_running_loop()
+        link = _HostLink(spec.comp_id, events, self.max_frame)
+        kwargs: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {}
+        try:
+            await loop.subprocess_exec(lambda: link, sys.executable, "-m", "dispy_core.execution.host",
+                                       self.mode, stdin=asyncio.subprocess.PIPE,
+                                       stdout=asyncio.subprocess.PIPE, stderr=None, cwd=str(spec.work_dir),
+                                       **kwargs)
+        except OSError as exc:
+            raise SetupError(f"cannot start the computation host process: {exc}") from exc
+        self._links[spec.comp_id] = link
+        try:
+            await self._setup(link, spec)
+        except BaseException:
+            self._links.pop(spec.comp_id, None)
+            link.closing = True
+            link._kill()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(link.gone), 5.0)
+            raise
+
+    async def _setup(self, link: _HostLink, spec: ComputationSpec) -> None:
+        info = CompInfo(comp_id=spec.comp_id, name=spec.name, kind=spec.kind, work_dir=str(spec.work_dir),
+                        serializer=spec.serializer, source=spec.source, code_name=spec.code_name,
+                        program=spec.program, py_version=tuple(spec.py_version),  # type: ignore[arg-type]
+                        node_name=spec.node_name, node_ip_addr=spec.node_ip_addr, max_frame=self.max_frame,
+                        code=spec.code, depends_code=spec.depends_code, setup=spec.setup,
+                        cleanup=spec.cleanup, setup_args=spec.setup_args)
+        header, blobs = info.to_frame()
+        link.send(header, blobs)
+        timeout, phase = self.start_timeout, "loading the computation"
+        while True:
+            try:
+                op, msg = await asyncio.wait_for(link.control.get(), timeout)
+            except TimeoutError:
+                what = "setup" if phase == "setup" else "the host"
+                raise SetupError(f"{what} did not finish within {timeout:g} s ({phase})") from None
+            if op == "setup_start":
+                timeout, phase = spec.setup_timeout, "setup"
+            elif op == "ready":
+                return
+            elif op == "setup_failed":
+                raise SetupError(_str(msg.get("reason", "setup failed")))
+            elif op == "gone":
+                raise SetupError(f"{phase} failed: {msg.get('reason')}")
+
+    def _link(self, comp_id: str) -> _HostLink:
+        link = self._links.get(comp_id)
+        if link is None:
+            raise ExecutionError(f"computation {comp_id} is not open on this node")
+        return link
+
+    async def submit(self, comp_id: str, job_uid: int, args: bytes) -> None:
+        link = self._link(comp_id)
+        if link.broken:
+            raise ExecutionError(f"computation {comp_id} cannot run jobs: {link.broken}")
+        if link.closing:
+            raise ExecutionError(f"computation {comp_id} is closing")
+        if job_uid in link.running:
+            raise ExecutionError(f"job {job_uid} of computation {comp_id} is already running")
+        if len(args) + 64 > self.max_frame:
+            raise ExecutionError(f"job arguments of {len(args)} bytes exceed the bound of {self.max_frame}")
+        link.running[job_uid] = 0
+        link.send({"op": "submit", "uid": job_uid}, [args])
+
+    async def cancel(self, comp_id: str, job_uid: int, grace: float = 5.0) -> bool:
+        link = self._links.get(comp_id)
+        if link is None or job_uid not in link.running or link.broken:
+            return False
+        link.send({"op": "cancel", "uid": job_uid, "grace": float(grace)})
+        return True
+
+    async def close(self, comp_id: str, *, terminate: bool = False) -> None:
+        link = self._links.get(comp_id)
+        if link is None:
+            return
+        link.closing = True
+        try:
+            if not link.broken and not link.gone.done():
+                link.send({"op": "close", "terminate": bool(terminate)})
+                while True:
+                    op, msg = await link.control.get()
+                    if op == "closed":
+                        if msg.get("error"):
+                            logger.warning("computation %s: %s", comp_id, str(msg["error"]).rstrip())
+                        break
+                    if op == "gone":
+                        break
+            try:
+                await asyncio.wait_for(asyncio.shield(link.gone), 5.0)
+            except TimeoutError:
+                logger.warning("computation %s: host did not exit after closing; killed", comp_id)
+                link._kill()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(link.gone), 5.0)
+        finally:
+            self._links.pop(comp_id, None)
+
+    async def shutdown(self) -> None:
+        links = list(self._links)
+        await asyncio.gather(*(self.close(comp_id, terminate=True) for comp_id in links),
+                             return_exceptions=True)

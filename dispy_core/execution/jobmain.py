@@ -1,0 +1,69 @@
+"""A spawned job process (the Windows model): ``python -m dispy_core.execution.jobmain``.
+
+Started ahead of need by the host as a spare: it reads the ``init`` frame (computation, depends,
+setup's globals) and prepares its namespace while idle, then waits for one ``run`` frame, runs that
+job, writes its frames to stdout's original pipe and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import sys
+import time
+from typing import Any
+
+from dispy_core.execution import ipc, namespace, runtime
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the host ignores SIGINT; jobs must not
+    ctl_in, ctl_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)  # prints outside sys.stdout (C code, os.system) go to the node's log, not the pipe
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format=f"dispynode[job {os.getpid()}] %(levelname)s %(message)s")
+    reader = ipc.BlockingReader(ctl_in)
+    frame = reader.read()
+    if frame is None:
+        return 0
+    header, blobs = frame
+    info = namespace.CompInfo.from_frame(header, blobs[:5])
+    serializer: Any = None
+    fn: Any = None
+    error = ""
+    try:
+        from dispy_core.pluginmanager import load_serializer
+
+        serializer = load_serializer(info.serializer)
+        ns = namespace.install_user_main()
+        namespace.install_depends(info, serializer, ns)
+        fn = namespace.load_computation(info, serializer, ns)
+        namespace.install_setup_globals(blobs[5] if len(blobs) > 5 else b"", serializer, ns)
+        namespace.inject_globals(info, ns, fn)
+    except BaseException as exc:
+        error = (f"cannot load computation {info.name!r} in the job process:\n"
+                 f"{runtime.format_exception(exc, 0)}")
+    run = reader.read()
+    if run is None:  # an unused spare being retired
+        return 0
+    _run_header, run_blobs = run
+    channel = runtime.JobChannel(ctl_out, serializer or pickle, info.work_dir, info.max_frame)
+    if error:
+        now = time.time()
+        channel.send({"op": "result", "ok": False, "interrupted": False, "exc": error, "t0": now, "t1": now},
+                     [pickle.dumps(None), b"", b""])
+    else:
+        runtime.run_job(info.kind, fn, info.program, run_blobs[0], channel)
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,232 @@
+"""Building the namespace a computation runs in: its code, its depends, setup's globals, dispy's globals.
+
+Runs only in host and job processes (it loads user code). Functions the client serialized by value
+(dill, ``recurse=True``) arrive each with a private globals dict; they are re-bound to one shared
+``__main__`` namespace so that globals set by ``setup`` are seen by the computation and by ``cleanup``
+(as they were in the original dispy, where everything was exec'd in one namespace).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispy_core.execution import runtime
+
+logger = logging.getLogger("dispynode")
+
+_SKIP_GLOBALS = frozenset({"__builtins__", "__name__", "__doc__", "__package__", "__loader__", "__spec__",
+                           "__file__", "__cached__"})
+
+
+@dataclass(slots=True)
+class CompInfo:
+    """What a host or job process knows about its computation (sent by the node in the init frame)."""
+
+    comp_id: str
+    name: str
+    kind: str
+    work_dir: str
+    serializer: str
+    source: str = ""
+    code_name: str = ""
+    program: str = ""
+    py_version: tuple[int, int] = (0, 0)
+    node_name: str = ""
+    node_ip_addr: str = ""
+    max_frame: int = 0
+    code: bytes = b""
+    depends_code: bytes = b""
+    setup: bytes = b""
+    cleanup: bytes = b""
+    setup_args: bytes = b""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    BLOB_FIELDS = ("code", "depends_code", "setup", "cleanup", "setup_args")
+
+    def to_frame(self) -> tuple[dict[str, Any], list[bytes]]:
+        header: dict[str, Any] = {"op": "init"}
+        for name in ("comp_id", "name", "kind", "work_dir", "serializer", "source", "code_name", "program",
+                     "node_name", "node_ip_addr", "max_frame", "extra"):
+            header[name] = getattr(self, name)
+        header["py_version"] = list(self.py_version)
+        return header, [getattr(self, name) for name in self.BLOB_FIELDS]
+
+    @classmethod
+    def from_frame(cls, header: dict[str, Any], blobs: list[bytes]) -> CompInfo:
+        fields = {k: v for k, v in header.items() if k != "op"}
+        fields["py_version"] = tuple(fields.get("py_version", (0, 0)))
+        fields.update(zip(cls.BLOB_FIELDS, blobs, strict=False))
+        return cls(**fields)
+
+
+def install_user_main() -> dict[str, Any]:
+    """A fresh ``__main__`` module for user code (the host's own module must not leak into it)."""
+    module = types.ModuleType("__main__")
+    module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = module
+    return module.__dict__
+
+
+def rebind(fn: Any, ns: dict[str, Any]) -> Any:
+    """A by-value function with a private globals dict, re-created over ``ns`` (its globals merged in)."""
+    if not isinstance(fn, types.FunctionType):
+        return fn
+    own = fn.__globals__
+    if own is ns:
+        return fn
+    module = sys.modules.get(fn.__module__ or "")
+    if module is not None and getattr(module, "__dict__", None) is own and fn.__module__ != "__main__":
+        return fn  # a function of an importable module: leave it with its module
+    for key, value in own.items():
+        if key not in _SKIP_GLOBALS and key not in ns:
+            ns[key] = value
+    new = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    new.__dict__.update(fn.__dict__)
+    new.__qualname__ = fn.__qualname__
+    new.__annotations__ = fn.__annotations__
+    new.__module__ = "__main__" if fn.__module__ in (None, "__main__") else fn.__module__
+    new.__doc__ = fn.__doc__
+    return new
+
+
+def _rebind_namespace(ns: dict[str, Any]) -> None:
+    """Re-bind by-value functions that ended up as values in ``ns`` (helpers the computation calls)."""
+    for _ in range(4):  # merging a helper may bring in further helpers
+        changed = False
+        for key, value in list(ns.items()):
+            if isinstance(value, types.FunctionType) and value.__globals__ is not ns:
+                new = rebind(value, ns)
+                if new is not value:
+                    ns[key] = new
+                    changed = True
+        if not changed:
+            return
+
+
+def install_depends(info: CompInfo, serializer: Any, ns: dict[str, Any]) -> list[Any]:
+    """Put the depends' functions/classes/modules into ``ns`` by ``__name__``.
+
+    An element ``(name, obj)`` with a string ``name`` installs ``obj`` under that name (how a client
+    names an instance); an instance without a name is only kept alive (loading it already defined its
+    class) and is not installed.
+    """
+    if not info.depends_code:
+        return []
+    items = serializer.loads(info.depends_code)
+    kept = []
+    for item in items if isinstance(items, list | tuple) else [items]:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            ns[item[0]] = item[1]
+        elif isinstance(getattr(item, "__name__", None), str):
+            ns[item.__name__] = item
+        else:
+            kept.append(item)
+            logger.debug("depends element of type %s has no name; not installed", type(item).__name__)
+    return kept
+
+
+def load_computation(info: CompInfo, serializer: Any, ns: dict[str, Any]) -> Any:
+    """The computation callable (None for programs): by value when Pythons match, else from source."""
+    if info.kind == "program":
+        return None
+    if info.code and tuple(info.py_version) == sys.version_info[:2]:
+        fn = serializer.loads(info.code)
+    elif info.source:
+        exec(compile(info.source, f"<computation {info.name}>", "exec"), ns)  # noqa: S102 - user code, by design
+        fn = ns.get(info.code_name)
+        if fn is None:
+            raise LookupError(f"the source of computation {info.name!r} does not define {info.code_name!r}")
+    elif info.code:
+        fn = serializer.loads(info.code)  # try anyway: pickle protocol 5 loads across 3.11-3.13
+    else:
+        raise ValueError(f"computation {info.name!r} has neither code nor source")
+    fn = rebind(fn, ns)
+    if callable(fn) and getattr(fn, "__name__", None):
+        ns.setdefault(fn.__name__, fn)
+    _rebind_namespace(ns)
+    return fn
+
+
+def inject_globals(info: CompInfo, ns: dict[str, Any], fn: Any) -> None:
+    """The names computation code uses without importing (os, sys, time and dispy's own)."""
+    values: dict[str, Any] = {
+        "os": os,
+        "sys": sys,
+        "time": time,
+        "dispy_job_path": info.work_dir,
+        "dispy_node_name": info.node_name,
+        "dispy_node_ip_addr": info.node_ip_addr,
+        "dispy_provisional_result": runtime.dispy_provisional_result,
+        "dispy_send_file": runtime.dispy_send_file,
+        "dispynode_logger": logger,
+        "dispynode_shutdown": _dispynode_shutdown,
+    }
+    targets = [ns]
+    fn_globals = getattr(fn, "__globals__", None)
+    if isinstance(fn_globals, dict) and fn_globals is not ns:
+        targets.append(fn_globals)
+    for target in targets:
+        for key, value in values.items():
+            if key in ("os", "sys", "time"):
+                target.setdefault(key, value)
+            else:
+                target[key] = value
+
+
+def _dispynode_shutdown() -> None:
+    """Asking the node to quit needs its ``--client_shutdown`` and a node channel; logged for now."""
+    logger.warning("dispynode_shutdown() called; not supported by this node, ignored")
+
+
+def load_callable(blob: bytes, serializer: Any, ns: dict[str, Any]) -> Any:
+    return rebind(serializer.loads(blob), ns)
+
+
+def call_with_setup_args(fn: Any, info: CompInfo, serializer: Any) -> Any:
+    args = serializer.loads(info.setup_args) if info.setup_args else ()
+    if not isinstance(args, tuple | list):
+        args = (args,)
+    return fn(*args)
+
+
+def snapshot(ns: dict[str, Any]) -> dict[str, int]:
+    """Identity of every global, to find which ones setup created or replaced."""
+    return {key: id(value) for key, value in ns.items()}
+
+
+def changed_globals(ns: dict[str, Any], before: dict[str, int], serializer: Any) -> dict[str, bytes]:
+    """Setup's new or replaced globals, each serialized; unserializable ones are skipped with a log line."""
+    out: dict[str, bytes] = {}
+    for key, value in ns.items():
+        if key in _SKIP_GLOBALS or before.get(key) == id(value):
+            continue
+        if isinstance(value, types.ModuleType):
+            logger.info("setup global %r is a module; jobs must import it themselves", key)
+            continue
+        try:
+            out[key] = serializer.dumps(value)
+        except Exception as exc:
+            logger.warning("setup global %r (%s) cannot be serialized for job processes, skipped: %s",
+                           key, type(value).__name__, exc)
+    return out
+
+
+def install_setup_globals(blob: bytes, serializer: Any, ns: dict[str, Any]) -> None:
+    """In a spawned job: load setup's globals (each on its own, so one bad value spoils nothing else)."""
+    if not blob:
+        return
+    for key, data in serializer.loads(blob).items():
+        try:
+            value = serializer.loads(data)
+        except Exception as exc:
+            logger.warning("setup global %r cannot be loaded in the job process, skipped: %s", key, exc)
+            continue
+        ns[key] = rebind(value, ns)
