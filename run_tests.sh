@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: installs what the tests need into .venv (and a venv per other Python for
+# the cross-version tests), then ruff, mypy and pytest. Usage: ./run_tests.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")"
+. scripts/find_python.sh
+
+PY=$(find_python 3.11 || find_python 3.12 || find_python 3.13 || command -v python3)
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e contrib/dispy-roundrobin
+
+# Nodes on the other Pythons, so a client on one version is tested against a node on another.
+others=()
+for version in 3.11 3.12 3.13; do
+  other=$(find_python "$version" || true)
+  [ -n "$other" ] || continue
+  "$other" -c 'import sys; sys.exit(sys.version_info[:2] == tuple(int(p) for p in "'"$version"'".split(".")) and 0 or 1)' || continue
+  if [ "$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$version" ]; then
+    continue
+  fi
+  ovenv=".venv-$version"
+  [ -x "$ovenv/bin/python" ] || "$other" -m venv "$ovenv"
+  "$ovenv/bin/python" -m pip install -q --upgrade pip setuptools wheel
+  "$ovenv/bin/python" -m pip install -q -e .
+  others+=("$PWD/$ovenv/bin/python")
+done
+export DISPY_TEST_OTHER_PYTHONS="$(IFS=,; echo "${others[*]:-}")"
+echo "other Pythons for cross-version tests: ${DISPY_TEST_OTHER_PYTHONS:-none}"
+
+"$VENV/bin/ruff" check dispy dispy_core plugins tests bench contrib
+"$VENV/bin/mypy"
+"$VENV/bin/python" -m pytest "$@"
