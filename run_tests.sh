@@ -12,7 +12,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
 "$VENV/bin/python" -m pip install -q -e ".[test]"
-"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e contrib/dispy-roundrobin
+for plugin in contrib/*/; do
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$plugin"
+done
 
 # Nodes on the other Pythons, so a client on one version is tested against a node on another.
 others=()

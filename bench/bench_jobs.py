@@ -105,12 +105,14 @@ def cpu_seconds(proc: psutil.Process, children: bool = False) -> float:
 
 
 def tree_cpu(root: psutil.Process) -> dict[int, float]:
-    """CPU seconds of every live descendant of ``root``, plus what each has reaped, keyed by PID."""
+    """CPU seconds of every live descendant of ``root`` plus what each reaped, by PID (0: what root reaped)."""
     try:
         procs = root.children(recursive=True)
     except psutil.Error:
-        return {}
-    return {p.pid: cpu_seconds(p) + cpu_seconds(p, children=True) for p in procs}
+        procs = []
+    tree = {p.pid: cpu_seconds(p) + cpu_seconds(p, children=True) for p in procs}
+    tree[0] = cpu_seconds(root, children=True)
+    return tree
 
 
 def tree_delta(before: dict[int, float], after: dict[int, float]) -> float:

@@ -69,7 +69,8 @@ def _load_ordered(role: str, names: tuple[str, ...]) -> list[Any]:
         raise PluginNotFound(role, missing[0], sorted(known))
     manager = NamedExtensionManager(ROLE_GROUPS[role], names=list(names), name_order=True,
                                     invoke_on_load=False, on_load_failure_callback=_raise_load_failure)
-    return [ext.plugin for ext in manager]
+    by_name = {ext.name: ext.plugin for ext in manager}
+    return [by_name[name] for name in names]
 
 
 class DispyPluginManager:
@@ -82,12 +83,12 @@ class DispyPluginManager:
         self.hook = self.pm.hook
         self.selected: dict[str, list[str]] = {}
         wanted = roles or _ROLES_BY_SERVER_ROLE.get(config.role, tuple(ROLE_GROUPS))
-        # Registered in reverse priority: pluggy calls the last registered first.
+        self._executor_modules: list[Any] = []
         for role in wanted:
             if role == "executor":
-                modules = _load_ordered("executor", config.executors)
+                self._executor_modules = _load_ordered("executor", config.executors)
                 self.selected["executor"] = list(config.executors)
-                for module in reversed(modules):
+                for module in self._executor_modules:
                     self._register(module, "executor")
             elif role == "extra":
                 for module in _load_ordered("extra", config.extras):
@@ -97,8 +98,14 @@ class DispyPluginManager:
                 name = getattr(config, role)
                 self._register(_load_one(role, name), role)
                 self.selected[role] = [name]
+        self.options: dict[str, Any] = {}
         self.hook.dispy_addhooks.call_historic(kwargs={"pluginmanager": self.pm})
+        self.hook.dispy_addoption.call_historic(kwargs={"options": self.options, "role": config.role})
         self.hook.dispy_configure.call_historic(kwargs={"config": config})
+
+    def setting(self, key: str) -> Any:
+        """A plugin option: the site config's value if set, else the default the plugin declared."""
+        return self.config.get(key, self.options.get(key))
 
     def _register(self, module: Any, role: str) -> None:
         if self.pm.is_registered(module):
@@ -120,6 +127,13 @@ class DispyPluginManager:
                               "serializer", name)
 
     def make_executor(self) -> Any:
+        """The first executor, in the configured order, that can run here (an extra plugin may override)."""
+        for module in self._executor_modules:
+            others = [other for other in self._executor_modules if other is not module]
+            caller = self.pm.subset_hook_caller("dispy_make_executor", remove_plugins=others)
+            executor = caller(config=self.config)
+            if executor is not None:
+                return executor
         return self._required(self.hook.dispy_make_executor(config=self.config), "executor",
                               ",".join(self.config.executors))
 

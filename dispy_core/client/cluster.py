@@ -56,7 +56,7 @@ class JobCluster:
                  ping_interval: float | None = None, pulse_interval: float | None = None,
                  reentrant: bool = False, secret: str = "", keyfile: str | None = None,
                  certfile: str | None = None, recover_file: str | None = None, **extra: Any) -> None:
-        unknown = set(extra) - {"cafile", "setup_timeout", "msg_timeout", "poll_interval"}
+        unknown = set(extra) - {"cafile", "setup_timeout", "msg_timeout", "poll_interval", "plugins"}
         if unknown:
             raise TypeError(f"JobCluster got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         logging.getLogger("dispy").setLevel(loglevel)
@@ -72,6 +72,8 @@ class JobCluster:
         self.config = load_config("client", certfile=certfile, keyfile=keyfile, cafile=extra.get("cafile"),
                                   msg_timeout=extra.get("msg_timeout"))
         self.plugins = DispyPluginManager(self.config)
+        for plugin in extra.get("plugins") or ():  # extension: plugin objects for this cluster only
+            self.plugins.register(plugin)
         self.serializer = self.plugins.make_serializer()
         self.scheduler = self.plugins.make_scheduler()
         self.discovery = self.plugins.make_discovery()
@@ -94,6 +96,9 @@ class JobCluster:
         self._cleanup_files = cleanup is not False
         self.dest_path = dest_path
         self.setup_timeout = float(extra.get("setup_timeout", 600.0))
+        if pulse_interval is not None and not (isinstance(pulse_interval, int | float)
+                                                and 1 <= pulse_interval <= 600):
+            raise ValueError(f"pulse_interval must be a number of seconds between 1 and 600, not {pulse_interval!r}")
         self.reentrant = reentrant
         self.pulse_interval = pulse_interval
         self.host = host
@@ -326,7 +331,8 @@ class JobCluster:
             code_name=pkg.code_name, program=pkg.program, py_version=list(sys.version_info[:2]),
             depends_code=pkg.depends_code, setup=pkg.setup, cleanup=pkg.cleanup,
             cleanup_files=self._cleanup_files, setup_args=setup_args, cpus=cpus, dest_path=self.dest_path or "",
-            setup_timeout=self.setup_timeout), timeout)
+            setup_timeout=self.setup_timeout,
+            options={"pulse_interval": self.pulse_interval} if self.pulse_interval else {}), timeout)
         assert isinstance(reply, m.ComputationReady)
         if not reply.ok:
             raise DispyError(reply.error)
@@ -373,7 +379,11 @@ class JobCluster:
         for job in list(conn.running.values()):
             conn.running.pop(job._uid, None)
             conn.node.busy -= 1
-            if self.reentrant:
+            decision = self.plugins.hook.dispy_recover(job=job, failure="node-lost")
+            if decision not in (None, "resubmit", "abandon"):
+                log.warning("dispy_recover returned %r; expected 'resubmit', 'abandon' or None", decision)
+                decision = None
+            if decision == "resubmit" or (decision is None and self.reentrant):
                 job.status = JobStatus.Created
                 self._pending.appendleft(job)
             else:
@@ -449,12 +459,21 @@ class JobCluster:
         elif isinstance(msg, m.JobFile):
             self._on_job_file(conn, msg)
         elif isinstance(msg, m.Pulse):
-            conn.node.avail_info = DispyNodeAvailInfo.from_mapping(msg.avail_info)
-            conn.node.update_time = time.time()
+            self._on_pulse(conn, msg)
         elif isinstance(msg, m.Error):
             log.warning("node %s: %s: %s", conn.node.ip_addr, msg.code, msg.message)
         else:
             log.debug("node %s sent unexpected %s", conn.node.ip_addr, type(msg).__name__)
+
+    def _on_pulse(self, conn: _NodeConn, msg: m.Pulse) -> None:
+        node = conn.node
+        node.avail_info = DispyNodeAvailInfo.from_mapping(msg.avail_info)
+        node.avail_cpus = msg.avail_cpus
+        node.update_time = time.time()
+        self.plugins.hook.dispy_pulse_received(node=node, pulse=dict(msg.avail_info, busy=msg.busy,
+                                                                     avail_cpus=msg.avail_cpus))
+        if node.avail_info is not None:
+            self._notify_cluster(NodeStatus.AvailInfo, node, None)
 
     def _on_result(self, conn: _NodeConn, msg: m.JobResult) -> None:
         job = conn.running.pop(msg.job_uid, None)

@@ -129,6 +129,7 @@ class NodeServer:
         self.listener: Listener | None = None
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._pulsing: set[Channel] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> tuple[str, int]:
@@ -223,6 +224,27 @@ class NodeServer:
                           serializers=[self.serializer.name], avail_info=avail_info(self.dest_path_prefix))
         self._spawn(channel.send(info))
 
+    def pulse_fields(self) -> dict[str, Any]:
+        """What each pulse reports: availability plus whatever ``dispy_pulse`` plugins add."""
+        fields = avail_info(self.dest_path_prefix)
+        for extra in self.plugins.hook.dispy_pulse(node=self):
+            if isinstance(extra, dict):
+                fields.update(extra)
+        return fields
+
+    async def _pulse_loop(self, channel: Channel, interval: float) -> None:
+        try:
+            while not channel.closed and not self._stopped.is_set():
+                await asyncio.sleep(interval)
+                if channel.closed:
+                    break
+                await channel.send(m.Pulse(busy=self.busy, avail_cpus=self.cpus - self.busy,
+                                           avail_info=self.pulse_fields()))
+        except (DispyError, OSError):
+            pass
+        finally:
+            self._pulsing.discard(channel)
+
     def _on_ping(self, channel: Channel, msg: m.Ping) -> None:
         self._spawn(channel.send(m.Pong(msg.req_id)))
 
@@ -250,6 +272,11 @@ class NodeServer:
             node_name=self.name, node_ip_addr=self.host, setup_timeout=msg.setup_timeout,
             extra=dict(msg.options))
         self.computations[msg.comp_id] = comp
+        interval = msg.options.get("pulse_interval")
+        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0 \
+                and channel not in self._pulsing:
+            self._pulsing.add(channel)
+            self._spawn(self._pulse_loop(channel, max(0.1, float(interval))))
         log.info("computation %s (%s) from %s opened in %s", msg.name, msg.comp_id, _fmt(channel.peer), work_dir)
         self._spawn(channel.send(m.ComputationReady(msg.req_id, msg.comp_id, True, cpus=comp.cpus,
                                                     dest_path=str(work_dir))))
