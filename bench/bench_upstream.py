@@ -75,17 +75,18 @@ def free_base_port() -> int:
 def guarded(code: str) -> list[str]:
     """A ``python -c`` command line for the upstream venv that imports the loopback guard first."""
     prelude = f"import sys; sys.path.insert(0, {str(HERE)!r}); import _loopback_guard; "
-    return [str(venv_python()), "-c", prelude + code]
+    return [str(venv_python()), "-I", "-u", "-c", prelude + code]
 
 
 def start_upstream_node(base: int, prefix: Path, log_path: Path) -> subprocess.Popen[bytes]:
     """Upstream dispynode.py on 127.0.0.1 with ``NODE_CPUS`` CPUs; waits until it serves."""
+    prefix.mkdir(parents=True, exist_ok=True)
     script = VENV / "bin" / "dispynode.py"
     argv = ["dispynode.py", "-c", str(NODE_CPUS), "-i", "127.0.0.1", "-p", str(base), "-s", SECRET, "--daemon",
             "--clean", "--dest_path_prefix", str(prefix)]
     code = f"import runpy; sys.argv = {argv!r}; runpy.run_path({str(script)!r}, run_name='__main__')"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(guarded(code), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(guarded(code), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=prefix,
                                 start_new_session=True)
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:

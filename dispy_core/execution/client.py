@@ -106,9 +106,14 @@ class _HostLink(asyncio.SubprocessProtocol):
             outcome = JobOutcome(status=status, result=blobs[0], stdout=blobs[1], stderr=blobs[2],
                                  exception=_str(header["exc"]), start_time=_float(header["t0"]),
                                  end_time=_float(header["t1"]))
+            started = header.get("started")
+            if started is not None:
+                started = _float(started)
             if self.running.pop(uid, None) is None:
                 logger.warning("computation %s: result for unknown job %s ignored", self.comp_id, uid)
                 return
+            if started is not None:
+                self._notify(self.events.job_started, uid, started)
             self._notify(self.events.job_done, uid, outcome)
         elif op == "started":
             uid = _int(header["uid"])

@@ -8,6 +8,7 @@ so that stray prints cannot corrupt the framing), each job's result pipe and eac
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import heapq
 import itertools
@@ -27,26 +28,33 @@ from dispy_core.status import JobStatus
 
 logger = logging.getLogger("dispynode")
 
+COALESCE_DELAY = 0.002
+"""Seconds a "started" notification may wait to share a write with the job's result."""
+
 KILL_AFTER_TERM = 1.0
 """Seconds between SIGTERM and SIGKILL once a cancelled job's grace has run out."""
 
 
-class _Job:
-    __slots__ = ("uid", "pid", "pipe", "reader", "result", "cancelled", "status", "start", "procs",
-                 "popen", "bad")
+class _Proc:
+    """A job process: first an idle spare waiting for its job's arguments, then the job itself."""
 
-    def __init__(self, uid: int, pid: int, pipe: int, max_frame: int, popen: Any = None) -> None:
-        self.uid = uid
+    __slots__ = ("uid", "pid", "pipe", "wfd", "popen", "reader", "result", "cancelled", "status", "start",
+                 "procs", "bad", "reported")
+
+    def __init__(self, pid: int, pipe: int, wfd: int, max_frame: int, popen: Any = None) -> None:
+        self.uid = -1  # -1 while a spare
         self.pid = pid
-        self.pipe = pipe
+        self.pipe = pipe  # read end of the job's result pipe
+        self.wfd = wfd  # write end of its argument pipe, -1 once the job is handed over
+        self.popen = popen
         self.reader = ipc.FrameReader(max_frame)
         self.result: ipc.Frame | None = None
         self.cancelled = False
         self.status: int | None = None  # wait status once reaped
-        self.start = time.time()
+        self.start = 0.0
         self.procs: list[Any] = []
-        self.popen = popen
         self.bad = ""
+        self.reported = False
 
 
 class _ExitWatch:
@@ -125,7 +133,7 @@ class Host:
         self.sel = selectors.DefaultSelector()
         self.exits = _ExitWatch(self.sel)
         self.reader = ipc.FrameReader()
-        self.jobs: dict[int, _Job] = {}
+        self.jobs: dict[int, _Proc] = {}
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.info: CompInfo | None = None
@@ -136,7 +144,11 @@ class Host:
         self.terminate = False
         self.running = True
         self.spawn_init: bytes = b""
-        self.spare: subprocess.Popen[bytes] | None = None
+        self.spares: list[_Proc] = []
+        self.spares_wanted = 0  # set once the computation is ready
+        self.spares_target = 0
+        self.deferred: dict[int, dict[str, Any]] = {}  # job uid -> its "started" header, not sent yet
+        self.fds: set[int] = {ctl_in, ctl_out}  # what a forked job must close first
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -146,18 +158,44 @@ class Host:
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
-            for key, _events in self.sel.select(timeout):
+            refill = len(self.spares) < self.spares_wanted and not self.closing and not self.jobs
+            ready = self.sel.select(0 if refill else timeout)
+            if refill and not ready:  # idle: start the next job's process now, not when a job waits for it
+                spare = self._new_spare()
+                if spare is None:
+                    self.spares_wanted = len(self.spares)  # try again at the next submit
+                else:
+                    self.spares.append(spare)
+                continue
+            for key, _events in ready:
                 key.data()
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
                 heapq.heappop(self.timers)[2]()
-        self._stop_spare()
+        self._retire_spares()
 
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self.timers, (time.monotonic() + delay, next(self._seq), fn))
 
     def send(self, header: dict[str, Any], blobs: list[bytes] | None = None) -> None:
-        ipc.write_all(self.ctl_out, ipc.encode(header, blobs or ()))
+        frame = ipc.encode(header, blobs or ())
+        if self.deferred:  # keep the order: deferred frames go first, in the same write
+            frame = b"".join(ipc.encode(h) for h in self.deferred.values()) + frame
+            self.deferred.clear()
+        ipc.write_all(self.ctl_out, frame)
+
+    def send_started(self, uid: int, pid: int, start: float) -> None:
+        """Say a job started within ``COALESCE_DELAY``: a tiny job's "done" then carries it (one frame,
+        one node wakeup, instead of two)."""
+        self.deferred[uid] = {"op": "started", "uid": uid, "pid": pid, "t": start}
+        if len(self.deferred) == 1:
+            self._later(COALESCE_DELAY, self._flush_deferred)
+
+    def _flush_deferred(self) -> None:
+        if self.deferred:
+            frame = b"".join(ipc.encode(h) for h in self.deferred.values())
+            self.deferred.clear()
+            ipc.write_all(self.ctl_out, frame)
 
     # ------------------------------------------------------------------ node side
     def _on_ctl(self) -> None:
@@ -215,11 +253,11 @@ class Host:
             header_, blobs_ = info.to_frame()
             blobs_.append(self.serializer.dumps(changed) if changed else b"")
             self.spawn_init = ipc.encode(header_, blobs_)
-            self._start_spare()
         else:
             gc.collect()
             gc.freeze()  # forked jobs then share the host's pages instead of touching them
         self.send({"op": "ready"})
+        self.spares_wanted = self.spares_target = int(info.extra.get("spares", 2))
 
     def _setup_failed(self, reason: str) -> None:
         logger.warning("computation setup failed: %s", reason.rstrip())
@@ -229,6 +267,7 @@ class Host:
     def _maybe_finish_close(self) -> None:
         if not self.closing or self.jobs or not self.running:
             return
+        self._retire_spares()
         error = ""
         info = self.info
         if info is not None and info.cleanup and self.serializer is not None:
@@ -242,218 +281,246 @@ class Host:
         self.send({"op": "closed", "error": error})
         self.running = False
 
-    # ------------------------------------------------------------------ jobs
-    def _submit(self, uid: int, args: bytes) -> None:
-        info = self.info
-        if info is None or self.closing or uid in self.jobs:
-            reason = "computation not set up" if info is None else (
-                "computation is closing" if self.closing else "duplicate job id")
-            self.send({"op": "done", "uid": uid, "status": int(JobStatus.Terminated), "exc": reason,
-                       "t0": time.time(), "t1": time.time()}, [b"", b"", b""])
-            return
-        job = self._fork(uid, args) if self.mode == "fork" else self._spawn(uid, args)
-        if job is None:
-            return
-        self.jobs[uid] = job
-        os.set_blocking(job.pipe, False)
-        self.sel.register(job.pipe, selectors.EVENT_READ, lambda: self._on_pipe(job))
-        self.exits.watch(job.pid, lambda status: self._on_exit(job, status))
-        self.send({"op": "started", "uid": uid, "pid": job.pid, "t": job.start})
+    # ------------------------------------------------------------------ job processes
+    def _close_fd(self, fd: int) -> None:
+        self.fds.discard(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
-    def _fork(self, uid: int, args: bytes) -> _Job | None:
+    def _new_spare(self) -> _Proc | None:
+        """Start the next job's process ahead of need, so a submit only hands it the arguments."""
+        try:
+            return self._fork_spare() if self.mode == "fork" else self._spawn_spare()
+        except OSError as exc:
+            logger.warning("cannot start a job process: %s", exc)
+            return None
+
+    def _fork_spare(self) -> _Proc:
         info = self.info
         assert info is not None
-        r, w = os.pipe()
+        r_args, w_args = os.pipe()
+        r_res, w_res = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the job process: run, report, exit; never back into this loop
+        if pid == 0:  # the job process: wait for the job, run it, report, exit; never back into the loop
             try:
-                os.close(r)
+                for fd in self.fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                os.close(w_args)
+                os.close(r_res)
                 os.setsid()
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 self.exits.child_reset()
-                os.close(self.ctl_in)
-                os.close(self.ctl_out)
-                runtime.run_job(info.kind, self.fn, info.program, args,
-                                runtime.JobChannel(w, self.serializer, info.work_dir, info.max_frame))
+                frame = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME).read()
+                if frame is not None:
+                    runtime.run_job(info.kind, self.fn, info.program, frame[1][0],
+                                    runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame))
             finally:
                 os._exit(0)
-        os.close(w)
-        return _Job(uid, pid, r, info.max_frame or ipc.DEFAULT_MAX_FRAME)
+        os.close(r_args)
+        os.close(w_res)
+        return self._track(_Proc(pid, r_res, w_args, info.max_frame or ipc.DEFAULT_MAX_FRAME))
 
-    def _on_pipe(self, job: _Job) -> None:
-        if job.pipe < 0:  # closed by its exit handler earlier in this same batch of events
+    def _spawn_spare(self) -> _Proc:
+        info = self.info
+        assert info is not None
+        popen = subprocess.Popen([sys.executable, "-m", "dispy_core.execution.jobmain"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=info.work_dir,
+                                 start_new_session=True)
+        assert popen.stdin is not None and popen.stdout is not None
+        wfd, pipe = os.dup(popen.stdin.fileno()), os.dup(popen.stdout.fileno())
+        popen.stdin.close()
+        popen.stdout.close()
+        proc = self._track(_Proc(popen.pid, pipe, wfd, info.max_frame or ipc.DEFAULT_MAX_FRAME, popen))
+        try:
+            ipc.write_all(wfd, self.spawn_init)
+        except OSError:
+            pass  # it died at start: its exit is reported like any other
+        return proc
+
+    def _track(self, proc: _Proc) -> _Proc:
+        self.fds.update((proc.pipe, proc.wfd))
+        self.exits.watch(proc.pid, lambda status: self._on_exit(proc, status))
+        return proc
+
+    def _submit(self, uid: int, args: bytes) -> None:
+        reason = ""
+        if self.info is None:
+            reason = "computation not set up"
+        elif self.closing:
+            reason = "computation is closing"
+        elif uid in self.jobs:
+            reason = "duplicate job id"
+        proc = None
+        if not reason:
+            frame = ipc.encode({"op": "run", "uid": uid}, [args])
+            for _attempt in range(2):
+                candidate = self.spares.pop(0) if self.spares else None
+                if candidate is None:
+                    candidate = self._new_spare()
+                if candidate is None:
+                    break
+                try:
+                    ipc.write_all(candidate.wfd, frame)
+                    proc = candidate
+                    break
+                except OSError:  # that spare died; its exit handler cleans up; try a fresh one
+                    self._close_fd(candidate.wfd)
+                    candidate.wfd = -1
+            if proc is None:
+                reason = "cannot start a job process"
+        if proc is None:
+            now = time.time()
+            self.send({"op": "done", "uid": uid, "status": int(JobStatus.Terminated), "exc": reason,
+                       "t0": now, "t1": now}, [b"", b"", b""])
+            return
+        self._close_fd(proc.wfd)
+        proc.wfd = -1
+        proc.uid = uid
+        proc.start = time.time()
+        self.jobs[uid] = proc
+        os.set_blocking(proc.pipe, False)
+        self.sel.register(proc.pipe, selectors.EVENT_READ, lambda: self._on_pipe(proc))
+        self.send_started(uid, proc.pid, proc.start)
+        self.spares_wanted = self.spares_target
+
+    def _on_pipe(self, proc: _Proc) -> None:
+        if proc.pipe < 0:  # closed earlier in this same batch of events
             return
         try:
-            data = os.read(job.pipe, 1 << 20)
+            data = os.read(proc.pipe, 1 << 20)
         except BlockingIOError:
             return
         if not data:
-            self.sel.unregister(job.pipe)
-            os.close(job.pipe)
-            job.pipe = -1
-            self._maybe_done(job)
+            self._close_pipe(proc)
             return
-        self._job_data(job, data)
+        self._job_data(proc, data)
 
-    def _job_data(self, job: _Job, data: bytes) -> None:
-        if job.bad:
+    def _close_pipe(self, proc: _Proc) -> None:
+        if proc.pipe >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(proc.pipe)
+            self._close_fd(proc.pipe)
+            proc.pipe = -1
+
+    def _job_data(self, proc: _Proc, data: bytes) -> None:
+        if proc.bad or proc.reported:
             return
         try:
-            frames = job.reader.feed(data)
+            frames = proc.reader.feed(data)
         except ipc.IPCError as exc:
-            job.bad = f"the job process sent malformed data: {exc}"
-            proctree.signal_group(job.pid, signal.SIGKILL)
+            proc.bad = f"the job process sent malformed data: {exc}"
+            proctree.signal_group(proc.pid, signal.SIGKILL)
             return
         for header, blobs in frames:
             op = header.get("op")
             if op == "result":
-                job.result = (header, blobs)
-            elif op == "prov":
-                self.send({"op": "prov", "uid": job.uid}, blobs[:1])
+                proc.result = (header, blobs)
+                self._close_pipe(proc)
+                self._report(proc)  # at once: the process's own teardown need not delay the result
+                return
+            if op == "prov":
+                self.send({"op": "prov", "uid": proc.uid}, blobs[:1])
             elif op == "file":
                 relpath = str(header.get("relpath", ""))
-                self.send({"op": "file", "uid": job.uid, "relpath": relpath}, blobs[:1])
+                self.send({"op": "file", "uid": proc.uid, "relpath": relpath}, blobs[:1])
 
-    def _on_exit(self, job: _Job, status: int) -> None:
-        job.status = status
-        if job.popen is not None:
-            job.popen.returncode = os.waitstatus_to_exitcode(status)
-        if job.pipe >= 0:  # everything it wrote is in the pipe now; take it (a grandchild may hold it open)
+    def _on_exit(self, proc: _Proc, status: int) -> None:
+        proc.status = status
+        if proc.popen is not None:
+            proc.popen.returncode = os.waitstatus_to_exitcode(status)
+        if proc.uid < 0:  # an idle spare died (or was retired)
+            if proc in self.spares:
+                self.spares.remove(proc)
+                logger.warning("idle job process %s", proctree.describe_wait_status(status))
+            self._close_pipe(proc)
+            if proc.wfd >= 0:
+                self._close_fd(proc.wfd)
+                proc.wfd = -1
+            return
+        if proc.pipe >= 0 and proc.pipe in self.fds:  # what it wrote is in the pipe; a grandchild may hold it
             try:
-                while True:
-                    data = os.read(job.pipe, 1 << 20)
+                while proc.pipe >= 0:
+                    data = os.read(proc.pipe, 1 << 20)
                     if not data:
                         break
-                    self._job_data(job, data)
+                    self._job_data(proc, data)
             except BlockingIOError:
                 pass
-            self.sel.unregister(job.pipe)
-            os.close(job.pipe)
-            job.pipe = -1
-        self._maybe_done(job)
+            self._close_pipe(proc)
+        self._report(proc)
 
-    def _maybe_done(self, job: _Job) -> None:
-        if job.status is None or job.pipe >= 0 or self.jobs.get(job.uid) is not job:
+    def _report(self, proc: _Proc) -> None:
+        if proc.reported:
             return
-        del self.jobs[job.uid]
-        if job.cancelled:
-            proctree.kill_tree(job.pid, job.procs)
+        proc.reported = True
+        self.jobs.pop(proc.uid, None)
+        if proc.cancelled:
+            proctree.kill_tree(proc.pid, proc.procs)
         now = time.time()
         blobs = [b"", b"", b""]
-        if job.result is not None and not job.bad:
-            header, blobs = job.result
+        if proc.result is not None and not proc.bad:
+            header, blobs = proc.result
             ok, exc = bool(header.get("ok")), str(header.get("exc", ""))
             if ok:
                 status = JobStatus.Finished
-            elif job.cancelled and header.get("interrupted"):
+            elif proc.cancelled and header.get("interrupted"):
                 status = JobStatus.Cancelled
             else:
                 status = JobStatus.Terminated
-            t0, t1 = float(header.get("t0", job.start)), float(header.get("t1", now))
+            t0, t1 = float(header.get("t0", proc.start)), float(header.get("t1", now))
         else:
-            t0, t1 = job.start, now
-            if job.cancelled:
+            t0, t1 = proc.start, now
+            if proc.cancelled:
                 status, exc = JobStatus.Cancelled, "Cancelled"
             else:
                 status = JobStatus.Terminated
-                exc = job.bad or f"job process {proctree.describe_wait_status(job.status)}"
-        self.send({"op": "done", "uid": job.uid, "status": int(status), "exc": exc, "t0": t0, "t1": t1},
-                  (blobs + [b"", b"", b""])[:3])
+                exc = proc.bad or f"job process {proctree.describe_wait_status(proc.status or 0)}"
+        done: dict[str, Any] = {"op": "done", "uid": proc.uid, "status": int(status), "exc": exc, "t0": t0,
+                                "t1": t1}
+        started = self.deferred.pop(proc.uid, None)
+        if started is not None:  # the node learns both from this one frame
+            done["pid"], done["started"] = started["pid"], started["t"]
+        self.send(done, (list(blobs) + [b"", b"", b""])[:3])
         self._maybe_finish_close()
 
     def _cancel(self, uid: int, grace: float) -> None:
-        job = self.jobs.get(uid)
-        if job is None or job.status is not None:
+        proc = self.jobs.get(uid)
+        if proc is None or proc.reported:
             return
-        if not job.cancelled:
-            job.cancelled = True
-            job.procs = proctree.descendants(job.pid)
-            proctree.signal_process(job.pid, signal.SIGINT)
-        self._later(max(0.0, grace), lambda: self._escalate(job, signal.SIGTERM))
-        self._later(max(0.0, grace) + KILL_AFTER_TERM, lambda: self._escalate(job, signal.SIGKILL))
+        if not proc.cancelled:
+            proc.cancelled = True
+            proc.procs = proctree.descendants(proc.pid)
+            proctree.signal_process(proc.pid, signal.SIGINT)
+        self._later(max(0.0, grace), lambda: self._escalate(proc, signal.SIGTERM))
+        self._later(max(0.0, grace) + KILL_AFTER_TERM, lambda: self._escalate(proc, signal.SIGKILL))
 
-    def _escalate(self, job: _Job, signum: int) -> None:
-        if self.jobs.get(job.uid) is not job or job.status is not None:
+    def _escalate(self, proc: _Proc, signum: int) -> None:
+        if proc.reported or proc.status is not None:
             return
-        job.procs.extend(p for p in proctree.descendants(job.pid) if p not in job.procs)
+        proc.procs.extend(p for p in proctree.descendants(proc.pid) if p not in proc.procs)
         if signum == signal.SIGKILL:
-            proctree.kill_tree(job.pid, job.procs)
+            proctree.kill_tree(proc.pid, proc.procs)
         else:
-            proctree.signal_group(job.pid, signum)
+            proctree.signal_group(proc.pid, signum)
 
     def _kill_all(self) -> None:
-        for job in list(self.jobs.values()):
-            if job.status is None:
-                job.cancelled = True
-                job.procs = proctree.descendants(job.pid)
-                proctree.kill_tree(job.pid, job.procs)
+        for proc in list(self.jobs.values()):
+            if not proc.reported and proc.status is None:
+                proc.cancelled = True
+                proc.procs = proctree.descendants(proc.pid)
+                proctree.kill_tree(proc.pid, proc.procs)
 
-    # ------------------------------------------------------------------ spawn mode
-    def _start_spare(self) -> None:
-        info = self.info
-        assert info is not None
-        try:
-            popen = subprocess.Popen([sys.executable, "-m", "dispy_core.execution.jobmain"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=info.work_dir,
-                                     start_new_session=True)
-        except OSError as exc:
-            logger.warning("cannot start a job interpreter: %s", exc)
-            self.spare = None
-            return
-        assert popen.stdin is not None
-        try:
-            popen.stdin.write(self.spawn_init)
-            popen.stdin.flush()
-        except OSError:
-            pass  # it died at start; noticed when it is used
-        self.spare = popen
-        self.exits.watch(popen.pid, lambda status: self._on_spare_exit(popen, status))
-
-    def _on_spare_exit(self, popen: subprocess.Popen[bytes], status: int) -> None:
-        popen.returncode = os.waitstatus_to_exitcode(status)
-        logger.warning("idle job interpreter %s", proctree.describe_wait_status(status))
-        if self.spare is popen:
-            self.spare = None
-        for stream in (popen.stdin, popen.stdout):
-            if stream is not None:
-                stream.close()
-
-    def _spawn(self, uid: int, args: bytes) -> _Job | None:
-        info = self.info
-        assert info is not None
-        for _attempt in range(2):
-            popen = self.spare
-            self.spare = None
-            if popen is None:
-                self._start_spare()
-                popen, self.spare = self.spare, None
-                if popen is None:
-                    break
-            assert popen.stdin is not None and popen.stdout is not None
-            try:
-                popen.stdin.write(ipc.encode({"op": "run", "uid": uid}, [args]))
-                popen.stdin.close()
-            except OSError:
-                continue  # that interpreter is gone (its exit callback cleans up)
-            fd = os.dup(popen.stdout.fileno())  # the job's result pipe, owned by the loop from now on
-            popen.stdout.close()
-            job = _Job(uid, popen.pid, fd, info.max_frame or ipc.DEFAULT_MAX_FRAME, popen)
-            self._start_spare()
-            return job
-        now = time.time()
-        self.send({"op": "done", "uid": uid, "status": int(JobStatus.Terminated),
-                   "exc": "cannot start a job interpreter", "t0": now, "t1": now}, [b"", b"", b""])
-        return None
-
-    def _stop_spare(self) -> None:
-        spare, self.spare = self.spare, None
-        if spare is not None:
-            proctree.kill_tree(spare.pid)
-            try:
-                spare.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+    def _retire_spares(self) -> None:
+        self.spares_wanted = 0
+        spares, self.spares = self.spares, []
+        for spare in spares:
+            if spare.status is None:
+                if spare.wfd >= 0:  # end of its argument stream: it would exit by itself
+                    self._close_fd(spare.wfd)
+                    spare.wfd = -1
+                proctree.kill_tree(spare.pid)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -473,7 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format=f"dispynode[host {os.getpid()}] %(levelname)s %(message)s")
     host = Host(mode, ctl_in, ctl_out)
-    host.run()
+    if os.environ.get("DISPY_HOST_PROFILE"):
+        import cProfile
+        cProfile.runctx("host.run()", globals(), {"host": host}, os.environ["DISPY_HOST_PROFILE"] + str(os.getpid()))
+    else:
+        host.run()
     return 0
 
 

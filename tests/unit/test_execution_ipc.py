@@ -1,0 +1,84 @@
+"""The node<->host framing: round trips in any chunking, and bad or oversized input is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from dispy_core.execution import ipc
+from dispy_core.execution.client import _HostLink
+from dispy_core.interfaces import JobOutcome
+from dispy_core.status import JobStatus
+
+
+def test_round_trip_any_chunking() -> None:
+    frames: list[ipc.Frame] = [({"op": "a", "n": 1}, []), ({"op": "b", "s": "x"}, [b"", b"\x00" * 1000, b"tail"])]
+    data = b"".join(ipc.encode(h, b) for h, b in frames)
+    for step in (1, 3, 7, len(data)):
+        reader = ipc.FrameReader()
+        got = []
+        for i in range(0, len(data), step):
+            got.extend(reader.feed(data[i:i + step]))
+        assert got == frames
+        assert reader.pending == 0
+
+
+def test_oversized_and_malformed_frames_refused() -> None:
+    with pytest.raises(ipc.IPCError, match="exceeds"):
+        ipc.FrameReader(max_frame=100).feed(ipc.encode({"op": "x"}, [b"y" * 200]))
+    bad_json = ipc.encode({"op": "x"}).replace(b'"op"', b"'op'")
+    with pytest.raises(ipc.IPCError, match="JSON"):
+        ipc.FrameReader().feed(bad_json)
+    with pytest.raises(ipc.IPCError, match="'op'"):
+        ipc.FrameReader().feed(ipc.encode({"no": "op"}))
+    frame = bytearray(ipc.encode({"op": "x"}, [b"abc"]))
+    frame[10:14] = (99).to_bytes(4, "big")  # a blob length that does not fit
+    with pytest.raises(ipc.IPCError):
+        ipc.FrameReader().feed(bytes(frame))
+
+
+def test_blocking_reader(tmp_path: object) -> None:
+    r, w = os.pipe()
+    os.write(w, ipc.encode({"op": "one"}) + ipc.encode({"op": "two"}, [b"z"]))
+    os.close(w)
+    reader = ipc.BlockingReader(r)
+    assert reader.read() == ({"op": "one"}, [])
+    assert reader.read() == ({"op": "two"}, [b"z"])
+    assert reader.read() is None
+    os.close(r)
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.done: list[tuple[int, JobOutcome]] = []
+
+    def job_started(self, comp_id: str, job_uid: int, start_time: float) -> None: ...
+
+    def job_provisional(self, comp_id: str, job_uid: int, result: bytes) -> None: ...
+
+    def job_file(self, comp_id: str, job_uid: int, relpath: str, data: bytes) -> None: ...
+
+    def job_done(self, comp_id: str, job_uid: int, outcome: JobOutcome) -> None:
+        self.done.append((job_uid, outcome))
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\xff\xff\xff\xff",  # a frame far above the bound
+    ipc.encode({"op": "done", "uid": "seven"}),  # wrong types
+    ipc.encode({"op": "done", "uid": 1, "status": 999, "exc": "", "t0": 0, "t1": 0}, [b"", b"", b""]),
+    ipc.encode({"op": "what"}),
+])
+def test_malformed_host_data_breaks_only_that_computation(garbage: bytes) -> None:
+    async def go() -> None:
+        events = _Events()
+        link = _HostLink("c", events, max_frame=1 << 20)
+        link.running = {1: 0, 2: 0}
+        link.pipe_data_received(1, garbage)
+        assert link.broken
+        assert sorted(uid for uid, _ in events.done) == [1, 2]
+        assert all(o.status == JobStatus.Terminated and "malformed" in o.exception for _, o in events.done)
+        assert link.running == {}
+
+    asyncio.run(go())
