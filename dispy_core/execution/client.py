@@ -198,8 +198,9 @@ class HostExecutor:
     """A :class:`~dispy_core.interfaces.JobExecutor` running each computation in a host process.
 
     Subclasses pick ``mode``: "fork" (jobs fork from the host) or "spawn" (a fresh interpreter per job).
-    Settings read from the node config: ``executor.max_frame`` (bytes, default 256 MiB) and
-    ``executor.start_timeout`` (seconds a host may take to load the computation, default 60).
+    Settings read from the node config: ``executor.max_frame`` (bytes, default 256 MiB),
+    ``executor.start_timeout`` (seconds a host may take to load the computation, default 60) and
+    ``executor.<mode>.spares`` (job processes kept started ahead of need, default 2).
     """
 
     name = "host"
@@ -210,6 +211,7 @@ class HostExecutor:
         default_max = ipc.DEFAULT_MAX_FRAME
         self.max_frame = int(get("executor.max_frame", default_max)) if get else default_max
         self.start_timeout = float(get("executor.start_timeout", 60.0)) if get else 60.0
+        self.spares = int(get(f"executor.{self.mode}.spares", 2)) if get else 2
         self._links: dict[str, _HostLink] = {}
 
     async def open(self, spec: ComputationSpec, events: ExecutorEvents) -> None:
@@ -242,7 +244,7 @@ class HostExecutor:
                         program=spec.program, py_version=tuple(spec.py_version),  # type: ignore[arg-type]
                         node_name=spec.node_name, node_ip_addr=spec.node_ip_addr, max_frame=self.max_frame,
                         code=spec.code, depends_code=spec.depends_code, setup=spec.setup,
-                        cleanup=spec.cleanup, setup_args=spec.setup_args)
+                        cleanup=spec.cleanup, setup_args=spec.setup_args, extra={"spares": self.spares})
         header, blobs = info.to_frame()
         link.send(header, blobs)
         timeout, phase = self.start_timeout, "loading the computation"

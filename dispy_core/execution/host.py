@@ -158,7 +158,7 @@ class Host:
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
-            refill = len(self.spares) < self.spares_wanted and not self.closing and not self.jobs
+            refill = len(self.spares) < self.spares_wanted and not self.closing
             ready = self.sel.select(0 if refill else timeout)
             if refill and not ready:  # idle: start the next job's process now, not when a job waits for it
                 spare = self._new_spare()
@@ -540,11 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format=f"dispynode[host {os.getpid()}] %(levelname)s %(message)s")
     host = Host(mode, ctl_in, ctl_out)
-    if os.environ.get("DISPY_HOST_PROFILE"):
-        import cProfile
-        cProfile.runctx("host.run()", globals(), {"host": host}, os.environ["DISPY_HOST_PROFILE"] + str(os.getpid()))
-    else:
-        host.run()
+    host.run()
     return 0
 
 

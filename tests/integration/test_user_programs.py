@@ -36,7 +36,7 @@ def _other_pythons() -> list[str]:
 def scaled_sum(values: list[int], factor: int = 2) -> tuple[int, str]:
     import sys
 
-    return sum(v * factor for v in values), "%d.%d" % sys.version_info[:2]
+    return sum(v * factor for v in values), "{}.{}".format(*sys.version_info[:2])
 
 
 @pytest.mark.skipif(not _other_pythons(),
@@ -46,7 +46,7 @@ def test_client_and_node_on_different_pythons(node_factory: Callable[..., NodePr
     node = node_factory(python=python)
     version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                              capture_output=True, text=True, check=True).stdout.strip()
-    assert version != "%d.%d" % sys.version_info[:2]
+    assert version != "{}.{}".format(*sys.version_info[:2])
     with dispy.JobCluster(scaled_sum, nodes=["127.0.0.1"], dispy_port=node.base_port) as cluster:
         job = cluster.submit([1, 2, 3], factor=10)
         assert job is not None
