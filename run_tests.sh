@@ -21,7 +21,7 @@ others=()
 for version in 3.11 3.12 3.13; do
   other=$(find_python "$version" || true)
   [ -n "$other" ] || continue
-  "$other" -c 'import sys; sys.exit(sys.version_info[:2] == tuple(int(p) for p in "'"$version"'".split(".")) and 0 or 1)' || continue
+  "$other" -c 'import sys; sys.exit(0 if sys.version_info[:2] == tuple(int(p) for p in "'"$version"'".split(".")) else 1)' || continue
   if [ "$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$version" ]; then
     continue
   fi

@@ -145,7 +145,12 @@ def load_computation(info: CompInfo, serializer: Any, ns: dict[str, Any]) -> Any
         if fn is None:
             raise LookupError(f"the source of computation {info.name!r} does not define {info.code_name!r}")
     elif info.code:
-        fn = serializer.loads(info.code)  # try anyway: pickle protocol 5 loads across 3.11-3.13
+        # Bytecode of another Python version may crash the interpreter: refuse with the remedy instead.
+        client = ".".join(map(str, info.py_version)) if any(info.py_version) else "unknown"
+        raise ValueError(
+            f"computation {info.name!r} was sent as Python {client} bytecode without source code, and this node "
+            f"runs Python {sys.version_info[0]}.{sys.version_info[1]}: define it with 'def' at module level so "
+            f"its source travels too, or run the node with Python {client}")
     else:
         raise ValueError(f"computation {info.name!r} has neither code nor source")
     fn = rebind(fn, ns)

@@ -52,8 +52,12 @@ def test_client_and_node_on_different_pythons(node_factory: Callable[..., NodePr
         assert job is not None
         assert job(timeout=60) == (60, version), job.exception
     lam = lambda x: x + 1  # noqa: E731 - no source: only by value, which needs the same Python
-    with dispy.JobCluster(lam, nodes=["127.0.0.1"], dispy_port=node.base_port) as cluster:
+    cluster = dispy.JobCluster(lam, nodes=["127.0.0.1"], dispy_port=node.base_port)
+    try:
         job = cluster.submit(1)
         assert job is not None
-        job(timeout=60)
-        assert job.status == dispy.DispyJob.Finished or (job.exception and "Python" in job.exception)
+        assert not cluster.wait(timeout=3)  # the node refused the computation: no node to run it
+        assert cluster.status()["nodes"] == []
+    finally:
+        cluster.close(timeout=0, terminate=True)
+    assert f"runs Python {version}" in node.log() and "without source code" in node.log()
