@@ -22,6 +22,7 @@ from dispy_core.client.runtime import CallbackThread, LoopThread
 from dispy_core.config import load_config
 from dispy_core.errors import ConfigError, DispyError, ProtocolError, SerializationError
 from dispy_core.interfaces import NodeLoad
+from dispy_core.malloc_tuning import tune_malloc
 from dispy_core.paths import safe_join
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol import messages as m
@@ -59,6 +60,7 @@ class JobCluster:
         unknown = set(extra) - {"cafile", "setup_timeout", "msg_timeout", "poll_interval", "plugins"}
         if unknown:
             raise TypeError(f"JobCluster got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        tune_malloc()
         logging.getLogger("dispy").setLevel(loglevel)
         if not logging.getLogger().handlers and not logging.getLogger("dispy").handlers:
             logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -332,7 +334,7 @@ class JobCluster:
             depends_code=pkg.depends_code, setup=pkg.setup, cleanup=pkg.cleanup,
             cleanup_files=self._cleanup_files, setup_args=setup_args, cpus=cpus, dest_path=self.dest_path or "",
             setup_timeout=self.setup_timeout,
-            options={"pulse_interval": self.pulse_interval} if self.pulse_interval else {}), timeout)
+            options=self._computation_options()), timeout)
         assert isinstance(reply, m.ComputationReady)
         if not reply.ok:
             raise DispyError(reply.error)
@@ -346,6 +348,16 @@ class JobCluster:
             raise DispyError(f"setup failed: {reply.error}")
         conn.node.cpus = min(cpus, reply.cpus) if reply.cpus else cpus
         conn.node.avail_cpus = conn.node.cpus
+
+    def _computation_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.pulse_interval:
+            options["pulse_interval"] = self.pulse_interval
+        if self._pkg.source_complete:
+            options["source_complete"] = True
+        if self._pkg.source_modules:
+            options["source_modules"] = self._pkg.source_modules
+        return options
 
     async def _send_file(self, channel: Channel, dep: FileDepend, job_uid: int) -> None:
         """Stream a file in chunks; the node acknowledges the last one (or refuses with a reason)."""

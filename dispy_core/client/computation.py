@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 import sys
@@ -31,6 +32,10 @@ class Package:
     code: bytes = b""
     source: str = ""
     code_name: str = ""
+    source_modules: dict[str, str] = field(default_factory=dict)
+    """When set (possibly empty) with ``source``: the source alone rebuilds the function, given these
+    modules imported under these names; nodes then need not load dill-pickled code (cheaper forks)."""
+    source_complete: bool = False
     program: str = ""
     depends_code: bytes = b""
     setup: bytes = b""
@@ -53,6 +58,48 @@ def function_source(fn: Any) -> str:
         return textwrap.dedent(inspect.getsource(fn))
     except (OSError, TypeError):
         return ""
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def portable_source(fn: Any, source: str) -> dict[str, str] | None:
+    """The modules (global name -> module name) the function's source needs, or None when the source
+    alone cannot rebuild it: closures, decorators, defaults or annotations that are not literals, or
+    globals other than modules (those travel only by value)."""
+    if not source or fn.__code__.co_freevars or fn.__name__ == "<lambda>":
+        return None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
+        return None
+    node = tree.body[0]
+    if node.name != fn.__name__ or node.decorator_list:
+        return None
+    args = node.args
+    for default in [*args.defaults, *(d for d in args.kw_defaults if d is not None)]:
+        if not isinstance(default, ast.Constant):
+            return None
+    annotated = [a for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+                 if a is not None and a.annotation is not None]
+    if annotated or node.returns is not None:
+        return None
+    modules: dict[str, str] = {}
+    for name in _code_names(fn.__code__):
+        if name not in fn.__globals__:
+            continue  # a builtin, an attribute name, or a name the node injects
+        value = fn.__globals__[name]
+        if not isinstance(value, types.ModuleType):
+            return None
+        modules[name] = value.__name__
+    return modules
 
 
 def split_depends(depends: list[Any], serializer: Serializer) -> tuple[bytes, list[FileDepend]]:
@@ -87,8 +134,12 @@ def package(computation: Any, depends: list[Any], setup: Any, cleanup: Any, seri
         else:
             pkg = Package("program", os.path.basename(computation), program=computation)
     elif callable(computation) and inspect.isfunction(computation):
+        source = function_source(computation)
         pkg = Package("function", computation.__name__, code=serializer.dumps_code(computation),
-                      source=function_source(computation), code_name=computation.__name__)
+                      source=source, code_name=computation.__name__)
+        modules = portable_source(computation, source)
+        if modules is not None:
+            pkg.source_modules, pkg.source_complete = modules, True
     elif callable(computation):
         try:
             pkg = Package("function", getattr(computation, "__name__", type(computation).__name__),

@@ -69,6 +69,11 @@ class _HostLink(asyncio.SubprocessProtocol):
         self.transport = transport
         self.pid = transport.get_pid()
         self.stdin = transport.get_pipe_transport(0)
+        for fd in (0, 1):
+            pipe = transport.get_pipe_transport(fd)
+            sock = pipe.get_extra_info("pipe") if pipe is not None else None
+            if sock is not None:
+                ipc.enlarge_pipe(sock.fileno())
 
     def pipe_data_received(self, fd: int, data: bytes | str) -> None:
         if self.broken or fd != 1:
@@ -244,7 +249,8 @@ class HostExecutor:
                         program=spec.program, py_version=tuple(spec.py_version),  # type: ignore[arg-type]
                         node_name=spec.node_name, node_ip_addr=spec.node_ip_addr, max_frame=self.max_frame,
                         code=spec.code, depends_code=spec.depends_code, setup=spec.setup,
-                        cleanup=spec.cleanup, setup_args=spec.setup_args, extra={"spares": self.spares})
+                        cleanup=spec.cleanup, setup_args=spec.setup_args,
+                        extra={**spec.extra, "spares": self.spares})
         header, blobs = info.to_frame()
         link.send(header, blobs)
         timeout, phase = self.start_timeout, "loading the computation"

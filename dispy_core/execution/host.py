@@ -12,21 +12,20 @@ import contextlib
 import gc
 import heapq
 import itertools
-import logging
 import os
 import selectors
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from dispy_core.execution import ipc, namespace, proctree, runtime
+from dispy_core.execution import ipc, lazylog, namespace, proctree, runtime
+from dispy_core.execution.lazylog import LazyLogger
 from dispy_core.execution.namespace import CompInfo
 from dispy_core.status import JobStatus
 
-logger = logging.getLogger("dispynode")
+logger = LazyLogger("dispynode")
 
 COALESCE_DELAY = 0.002
 """Seconds a "started" notification may wait to share a write with the job's result."""
@@ -223,12 +222,10 @@ class Host:
                 self._init(header, blobs)
 
     def _init(self, header: dict[str, Any], blobs: list[bytes]) -> None:
-        from dispy_core.pluginmanager import load_serializer
-
         info = self.info = CompInfo.from_frame(header, blobs)
         self.reader = ipc.FrameReader(info.max_frame or ipc.DEFAULT_MAX_FRAME)
         try:
-            self.serializer = load_serializer(info.serializer)
+            self.serializer = namespace.load_serializer(info)
             self.ns = namespace.install_user_main()
             namespace.install_depends(info, self.serializer, self.ns)
             self.fn = namespace.load_computation(info, self.serializer, self.ns)
@@ -300,6 +297,8 @@ class Host:
         assert info is not None
         r_args, w_args = os.pipe()
         r_res, w_res = os.pipe()
+        ipc.enlarge_pipe(w_args)
+        ipc.enlarge_pipe(w_res)
         pid = os.fork()
         if pid == 0:  # the job process: wait for the job, run it, report, exit; never back into the loop
             try:
@@ -325,11 +324,15 @@ class Host:
     def _spawn_spare(self) -> _Proc:
         info = self.info
         assert info is not None
+        import subprocess  # spawn mode only: see lazylog's docstring
+
         popen = subprocess.Popen([sys.executable, "-m", "dispy_core.execution.jobmain"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=info.work_dir,
                                  start_new_session=True)
         assert popen.stdin is not None and popen.stdout is not None
         wfd, pipe = os.dup(popen.stdin.fileno()), os.dup(popen.stdout.fileno())
+        ipc.enlarge_pipe(wfd)
+        ipc.enlarge_pipe(pipe)
         popen.stdin.close()
         popen.stdout.close()
         proc = self._track(_Proc(popen.pid, pipe, wfd, info.max_frame or ipc.DEFAULT_MAX_FRAME, popen))
@@ -537,8 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(2, 1)
     os.set_blocking(ctl_out, True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format=f"dispynode[host {os.getpid()}] %(levelname)s %(message)s")
+    lazylog.LOG_FORMAT = f"dispynode[host {os.getpid()}] %(levelname)s %(message)s"
     host = Host(mode, ctl_in, ctl_out)
     host.run()
     return 0

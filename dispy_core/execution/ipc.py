@@ -106,6 +106,21 @@ def _decode_body(body: memoryview) -> Frame:
         body.release()
 
 
+PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031  # Linux
+
+
+def enlarge_pipe(fd: int, size: int = PIPE_SIZE) -> None:
+    """Let one pipe hold a whole 1 MB argument: 16x fewer writes, reads and context switches than the
+    default 64 KiB (Linux only; elsewhere, and above the system's pipe-max-size, a no-op)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
+    except (ImportError, OSError):
+        pass
+
+
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """Blocking write of everything (the fd must be in blocking mode)."""
     view = memoryview(data)

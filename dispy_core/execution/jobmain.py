@@ -37,9 +37,7 @@ def main() -> int:
     fn: Any = None
     error = ""
     try:
-        from dispy_core.pluginmanager import load_serializer
-
-        serializer = load_serializer(info.serializer)
+        serializer = namespace.load_serializer(info)
         ns = namespace.install_user_main()
         namespace.install_depends(info, serializer, ns)
         fn = namespace.load_computation(info, serializer, ns)

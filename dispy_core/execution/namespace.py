@@ -9,7 +9,7 @@ Runs only in host and job processes (it loads user code). Functions the client s
 from __future__ import annotations
 
 import builtins
-import logging
+import importlib
 import os
 import sys
 import time
@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_core.execution import runtime
+from dispy_core.execution.lazylog import LazyLogger
 
-logger = logging.getLogger("dispynode")
+logger = LazyLogger("dispynode")
 
 _SKIP_GLOBALS = frozenset({"__builtins__", "__name__", "__doc__", "__package__", "__loader__", "__spec__",
                            "__file__", "__cached__"})
@@ -137,9 +138,16 @@ def load_computation(info: CompInfo, serializer: Any, ns: dict[str, Any]) -> Any
     """The computation callable (None for programs): by value when Pythons match, else from source."""
     if info.kind == "program":
         return None
-    if info.code and tuple(info.py_version) == sys.version_info[:2]:
+    same_python = tuple(info.py_version) == sys.version_info[:2]
+    if info.code and same_python and not (info.source and info.extra.get("source_complete")):
         fn = serializer.loads(info.code)
     elif info.source:
+        # The source path needs no dill in this process: forks of it stay small and cheap.
+        modules = info.extra.get("source_modules") or {}
+        if isinstance(modules, dict):
+            for alias, module_name in modules.items():
+                if isinstance(alias, str) and isinstance(module_name, str):
+                    ns[alias] = importlib.import_module(module_name)
         exec(compile(info.source, f"<computation {info.name}>", "exec"), ns)  # noqa: S102 - user code, by design
         fn = ns.get(info.code_name)
         if fn is None:
@@ -158,6 +166,26 @@ def load_computation(info: CompInfo, serializer: Any, ns: dict[str, Any]) -> Any
         ns.setdefault(fn.__name__, fn)
     _rebind_namespace(ns)
     return fn
+
+
+def load_serializer(info: CompInfo) -> Any:
+    """The serializer, built from the class the node named (``module:qualname``, constructible without
+    arguments) so job processes load no plugin machinery; else through a full plugin manager."""
+    class_path = info.extra.get("serializer_class")
+    if isinstance(class_path, str) and ":" in class_path:
+        module_name, _, qualname = class_path.partition(":")
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+        try:
+            serializer = target()
+        except TypeError:
+            serializer = None
+        if serializer is not None and getattr(serializer, "name", None) == info.serializer:
+            return serializer
+    from dispy_core.pluginmanager import load_serializer as load_with_plugin_manager
+
+    return load_with_plugin_manager(info.serializer)
 
 
 def inject_globals(info: CompInfo, ns: dict[str, Any], fn: Any) -> None:

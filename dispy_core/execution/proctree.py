@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 
 def describe_wait_status(status: int) -> str:
@@ -41,6 +43,8 @@ def signal_name(signum: int) -> str:
 
 def descendants(pid: int) -> list[psutil.Process]:
     """Processes started (transitively) by ``pid``; empty if it is gone."""
+    import psutil  # only when killing: hosts that never kill stay lean and cheap to fork
+
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
@@ -72,7 +76,11 @@ def kill_tree(pgid: int, known: list[psutil.Process] | None = None) -> None:
     """SIGKILL a job's process group and any remembered descendants that still run."""
     sigkill = getattr(signal, "SIGKILL", signal.SIGTERM)
     signal_group(pgid, sigkill)
-    for proc in known or ():
+    if not known:
+        return
+    import psutil
+
+    for proc in known:
         with contextlib.suppress(psutil.Error):
             if proc.is_running():  # also checks it is the same process (create time)
                 proc.kill()

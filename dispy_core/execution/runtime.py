@@ -7,18 +7,17 @@ sends) and, last, ``result``. It never returns into the host's loop: the caller 
 from __future__ import annotations
 
 import io
-import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 import traceback
 from typing import Any
 
 from dispy_core.execution import ipc
+from dispy_core.execution.lazylog import LazyLogger
 
-logger = logging.getLogger("dispynode")
+logger = LazyLogger("dispynode")
 
 OUTPUT_CAP = 16 * 1024 * 1024
 """stdout/stderr beyond this many bytes are cut (a note says so) to keep the result frame bounded."""
@@ -163,6 +162,8 @@ def program_command(program: str, work_dir: str, args: list[str]) -> list[str]:
 def _run_program(program: str, args_blob: bytes, channel: JobChannel) -> tuple[dict[str, Any], list[bytes]]:
     args, _kwargs = channel.serializer.loads(args_blob)
     cmd = program_command(program, channel.work_dir, [str(a) for a in args])
+    import subprocess  # here, not at the top: see lazylog's docstring (threading and fork costs)
+
     try:
         proc = subprocess.Popen(cmd, cwd=channel.work_dir, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)

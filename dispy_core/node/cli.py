@@ -12,6 +12,7 @@ from typing import Any
 
 from dispy_core.config import load_config
 from dispy_core.errors import DispyError
+from dispy_core.malloc_tuning import tune_malloc
 from dispy_core.node.server import NodeOptions, NodeServer, resolve_cpus
 from dispy_core.sizes import parse_size
 
@@ -78,6 +79,7 @@ async def run_node(server: NodeServer) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_malloc()  # also exported to the host and job processes through the environment
     parser = build_parser()
     args = parser.parse_args(argv)
     options = options_from_args(args, parser)

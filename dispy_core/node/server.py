@@ -115,6 +115,9 @@ class NodeServer:
         self.plugins = DispyPluginManager(self.config)
         self.transport = self.plugins.make_transport("tcp")
         self.serializer = self.plugins.make_serializer(self.config.serializer)
+        # Job processes build the serializer from its class (no plugin machinery there: smaller, cheaper forks).
+        cls = type(self.serializer)
+        self._serializer_class = f"{cls.__module__}:{cls.__qualname__}"
         self.executor: JobExecutor = self.plugins.make_executor()
         self.cpus = resolve_cpus(options.cpus)
         self.name = options.name or socket.gethostname()
@@ -270,7 +273,7 @@ class NodeServer:
             program=msg.program, py_version=tuple(msg.py_version[:2]) if msg.py_version else (0, 0),
             depends_code=msg.depends_code, setup=msg.setup, cleanup=msg.cleanup, setup_args=msg.setup_args,
             node_name=self.name, node_ip_addr=self.host, setup_timeout=msg.setup_timeout,
-            extra=dict(msg.options))
+            extra=self._executor_extra(msg.options))
         self.computations[msg.comp_id] = comp
         interval = msg.options.get("pulse_interval")
         if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0 \
@@ -280,6 +283,11 @@ class NodeServer:
         log.info("computation %s (%s) from %s opened in %s", msg.name, msg.comp_id, _fmt(channel.peer), work_dir)
         self._spawn(channel.send(m.ComputationReady(msg.req_id, msg.comp_id, True, cpus=comp.cpus,
                                                     dest_path=str(work_dir))))
+
+    def _executor_extra(self, options: dict[str, Any]) -> dict[str, Any]:
+        extra: dict[str, Any] = {k: options[k] for k in ("source_complete", "source_modules") if k in options}
+        extra["serializer_class"] = self._serializer_class
+        return extra
 
     def _on_setup(self, channel: Channel, msg: m.ComputationSetup) -> None:
         comp = self._owned(channel, msg.comp_id, msg.req_id)

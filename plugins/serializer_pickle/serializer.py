@@ -6,8 +6,6 @@ import pickle
 import types
 from typing import Any
 
-import dill
-
 from dispy_core.errors import SerializationError
 
 
@@ -22,6 +20,8 @@ class PickleSerializer:
             return pickle.dumps(obj, protocol=5)
         except (pickle.PicklingError, AttributeError, TypeError):
             pass
+        import dill  # imported when needed: job processes forked from a lean host stay cheap to fork
+
         try:
             return dill.dumps(obj, protocol=5, recurse=True)
         except Exception as exc:  # dill raises many kinds
@@ -41,6 +41,8 @@ class PickleSerializer:
         elif isinstance(obj, list):
             obj = [_main_clone(o) if isinstance(o, types.FunctionType) and o.__module__ != "__main__" else o
                    for o in obj]
+        import dill
+
         try:
             return dill.dumps(obj, protocol=5, recurse=True, byref=False)
         except Exception as exc:
