@@ -56,7 +56,7 @@ def _sendto(self: socket.socket, data: Any, *args: Any) -> int:
     return _ORIG_SENDTO(self, data, *args)
 
 
-socket.socket.bind = _bind  # type: ignore[method-assign]
-socket.socket.connect = _connect  # type: ignore[method-assign]
-socket.socket.connect_ex = _connect_ex  # type: ignore[method-assign]
+socket.socket.bind = _bind  # type: ignore[method-assign,assignment]
+socket.socket.connect = _connect  # type: ignore[method-assign,assignment]
+socket.socket.connect_ex = _connect_ex  # type: ignore[method-assign,assignment]
 socket.socket.sendto = _sendto  # type: ignore[assignment]

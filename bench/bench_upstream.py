@@ -86,8 +86,8 @@ def start_upstream_node(base: int, prefix: Path, log_path: Path) -> subprocess.P
             "--clean", "--dest_path_prefix", str(prefix)]
     code = f"import runpy; sys.argv = {argv!r}; runpy.run_path({str(script)!r}, run_name='__main__')"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(guarded(code), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=prefix,
-                                start_new_session=True)
+        proc = subprocess.Popen(guarded(code), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=prefix, start_new_session=True)
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -129,36 +129,48 @@ def _tail(path: Path, chars: int = 3000) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Install if needed, run node and client; the client's measurements, or an ``error``."""
+    """Install if needed, then each phase against a fresh node; merged measurements, ``errors``, or ``error``."""
     try:
         problem = ensure_venv()
     except (OSError, subprocess.SubprocessError) as exc:
         problem = f"could not create {VENV}: {exc!r}"
     if problem:
         return {"error": problem}
+    merged: dict[str, Any] = {"errors": []}
+    for phase, count in (("tiny", args.jobs), ("latency", args.latency_jobs), ("big", args.big_jobs)):
+        print(f"phase {phase}: {count} jobs ...", flush=True)
+        result = run_phase(phase, count, args.phase_timeout)
+        if "error" in result:
+            return result
+        merged["errors"] += result.pop("errors", [])
+        merged.update(result)
+    return merged
+
+
+def run_phase(phase: str, count: int, timeout: float) -> dict[str, Any]:
+    """One phase of ``_upstream_client.py`` against its own upstream node (stopped and cleaned after)."""
     prefix = Path(tempfile.mkdtemp(prefix="dispy-upstream-"))
     log_path = prefix / "dispynode.log"
     node: subprocess.Popen[bytes] | None = None
     try:
         base = free_base_port()
         node = start_upstream_node(base, prefix / "node", log_path)
-        client_argv = ["_upstream_client.py", str(base), SECRET, str(args.jobs), str(args.latency_jobs),
-                       str(args.big_jobs), str(node.pid)]
+        client_argv = ["_upstream_client.py", str(base), SECRET, phase, str(count), str(node.pid), str(timeout)]
         client_code = (f"import runpy; sys.argv = {client_argv!r}; "
                        f"runpy.run_path({str(HERE / '_upstream_client.py')!r}, run_name='__main__')")
-        print(f"running {args.jobs} tiny jobs, {args.latency_jobs} sequential, {args.big_jobs} x 1 MiB ...",
-              flush=True)
         try:
-            proc = subprocess.run(guarded(client_code), capture_output=True, text=True, timeout=args.timeout,
+            proc = subprocess.run(guarded(client_code), capture_output=True, text=True, timeout=timeout + 60,
                                   cwd=prefix, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
-            return {"error": f"upstream client timed out after {args.timeout} s", "stderr": str(exc.stderr)[-3000:],
-                    "node_log": _tail(log_path)}
+            return {"errors": [f"{phase}: upstream client killed after {timeout + 60:.0f} s: {exc.stderr!r:.2000}"]}
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
+        if not lines:
             return {"error": f"upstream client exited with {proc.returncode}",
                     "stderr": (proc.stdout + proc.stderr)[-3000:], "node_log": _tail(log_path)}
         result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
+        if proc.returncode != 0:
+            result["errors"].append(f"{phase}: upstream client exited with {proc.returncode}; node log:\n"
+                                    f"{_tail(log_path, 1500)}")
         return result
     except (RuntimeError, OSError) as exc:
         return {"error": str(exc)}
@@ -178,15 +190,20 @@ ROWS = [("tiny jobs throughput (jobs/s)", "throughput_jobs_s", "{:.0f}"),
         ("workers' CPU per job (ms)", "workers_cpu_ms_per_job", "{:.3f}")]
 
 
+def _terminated(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--latency-jobs", type=int, default=300)
     parser.add_argument("--big-jobs", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="50 tiny jobs, 20 sequential, 5 x 1 MiB")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the client may take")
+    parser.add_argument("--phase-timeout", type=float, default=120.0, help="seconds one phase may take")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "upstream.json")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)  # so that ``finally`` stops the node
     if args.quick:
         args.jobs, args.latency_jobs, args.big_jobs = 50, 20, 5
     print(f"upstream {UPSTREAM} on Python {sys.version.split()[0]}, node with {NODE_CPUS} CPUs on 127.0.0.1")
@@ -207,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         value = result.get(key)
         print(f"{label.ljust(width)}  {'-' if value is None else fmt.format(value):>21}")
     for error in result.get("errors", []):
-        print(f"ERROR: {error}")
+        print(f"UPSTREAM ERROR (Python {sys.version.split()[0]}): {error}")
     print(f"results written to {args.json}")
     return 0
 
