@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -370,6 +371,35 @@ def target_lines(contenders: list[Result]) -> list[str]:
     return out
 
 
+def fork_ceiling(forks: int = 300) -> dict[str, float]:
+    """What one fork + exit + reap costs here, in a process that has imported what a job host has.
+
+    Each job runs in its own process, so this bounds the fork executor's tiny-job rate on this machine
+    whatever dispy does: with ``cpus`` cores, at most cpus / (cpu per fork) jobs per second.
+    """
+    code = (
+        "import gc, os, resource, sys, time\n"
+        "import dispy_core.execution.host, dispy_plugins.serializer_pickle.serializer\n"
+        "gc.freeze()\n"
+        f"n = {forks}\n"
+        "r0 = resource.getrusage(resource.RUSAGE_CHILDREN); c0 = time.process_time(); t0 = time.perf_counter()\n"
+        "for _ in range(n):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "wall = time.perf_counter() - t0; parent = time.process_time() - c0\n"
+        "r1 = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "child = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)\n"
+        "print(wall / n * 1e3, parent / n * 1e3, child / n * 1e3)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    wall_ms, parent_ms, child_ms = (float(v) for v in out.stdout.split())
+    cpu_ms = parent_ms + child_ms
+    return {"wall_ms": wall_ms, "parent_cpu_ms": parent_ms, "child_cpu_ms": child_ms, "cpu_ms": cpu_ms,
+            "max_jobs_s": (os.cpu_count() or 1) * 1000.0 / cpu_ms if cpu_ms > 0 else 0.0}
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     freq = psutil.cpu_freq()
@@ -451,11 +481,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             contender.stop()
 
+    ceiling = fork_ceiling(60 if args.quick else 300)
     print()
     print(table(baseline, contenders))
     print()
     for line in target_lines(contenders):
         print(line)
+    print(f"fork ceiling on this machine: one fork+exit+reap of a job-host-sized process costs "
+          f"{ceiling['cpu_ms']:.2f} ms CPU ({ceiling['parent_cpu_ms']:.2f} parent + {ceiling['child_cpu_ms']:.2f} "
+          f"child), so one process per job cannot exceed ~{ceiling['max_jobs_s']:.0f} jobs/s on "
+          f"{os.cpu_count()} CPUs even with zero other work")
     if baseline is not None:
         print("ratios are dispy / baseline: above 1x is better for jobs/s and MiB/s, worse for ms")
     failures = [(r.name, e) for r in ([baseline] if baseline else []) + contenders for e in r.errors]
@@ -472,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
         "baseline": asdict(baseline) if baseline else None,
         "dispy": [asdict(r) for r in contenders],
+        "fork_ceiling": ceiling,
     }
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {args.json}")
