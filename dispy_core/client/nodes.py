@@ -110,6 +110,8 @@ class DispyNode:
         self.update_time = 0.0
         self.avail_info: DispyNodeAvailInfo | None = None
         self.platform = ""
+        self.reason: str | None = None
+        """Why the cluster could not use (or stopped using) this node; None while all is well."""
 
     @property
     def key(self) -> str:

@@ -25,6 +25,8 @@ from dispy_core.status import JobStatus
 logger = logging.getLogger("dispy.node.executor")
 
 _STATUSES = frozenset(int(s) for s in JobStatus)
+CANCEL_GRACE = 5.0
+"""Seconds a cancelled job has to end after its KeyboardInterrupt (the node passes no other value)."""
 _EXIT_GRACE = 1.0  # after the host exits, how long its pipe may stay open (a leaked fd) before we give up
 
 
@@ -136,6 +138,10 @@ class _HostLink(asyncio.SubprocessProtocol):
             relpath = _str(header["relpath"])
             if uid in self.running:
                 self._notify(self.events.job_file, uid, relpath, blobs[0])
+        elif op == "shutdown":  # dispynode_shutdown(); an optional event, for drivers that know it
+            callback = getattr(self.events, "node_shutdown", None)
+            if callback is not None:
+                self._notify(callback)
         elif op in ("setup_start", "ready", "setup_failed", "closed"):
             self.control.put_nowait((op, header))
         else:
@@ -253,15 +259,21 @@ class HostExecutor:
                         extra={**spec.extra, "spares": self.spares})
         header, blobs = info.to_frame()
         link.send(header, blobs)
-        timeout, phase = self.start_timeout, "loading the computation"
+        timeout: float | None = self.start_timeout
+        phase = "loading the computation"
         while True:
             try:
                 op, msg = await asyncio.wait_for(link.control.get(), timeout)
             except TimeoutError:
-                what = "setup" if phase == "setup" else "the host"
-                raise SetupError(f"{what} did not finish within {timeout:g} s ({phase})") from None
+                if phase == "setup":
+                    raise SetupError(f"setup did not finish within {timeout:g} s (the computation's "
+                                     f"setup_timeout; a client may raise it: JobCluster(..., "
+                                     f"setup_timeout=seconds)); setup was stopped") from None
+                raise SetupError(f"the host did not finish {phase} within {timeout:g} s "
+                                 f"(executor.start_timeout)") from None
             if op == "setup_start":
-                timeout, phase = spec.setup_timeout, "setup"
+                phase = "setup"
+                timeout = spec.setup_timeout if spec.setup_timeout and spec.setup_timeout > 0 else None
             elif op == "ready":
                 return
             elif op == "setup_failed":
@@ -288,7 +300,7 @@ class HostExecutor:
         link.running[job_uid] = 0
         link.send({"op": "submit", "uid": job_uid}, [args])
 
-    async def cancel(self, comp_id: str, job_uid: int, grace: float = 5.0) -> bool:
+    async def cancel(self, comp_id: str, job_uid: int, grace: float = CANCEL_GRACE) -> bool:
         link = self._links.get(comp_id)
         if link is None or job_uid not in link.running or link.broken:
             return False

@@ -4,6 +4,26 @@ It owns the computation's namespace (code, depends, setup's globals), starts one
 and multiplexes with one selector: the node's pipe (stdin/stdout of this process, moved off fds 0/1
 so that stray prints cannot corrupt the framing), each job's result pipe and each job's exit
 (pidfd, or SIGCHLD through a wakeup fd where pidfds do not exist). No threads, no polling.
+
+Setup runs here, once, in the computation's directory, before any job. Its return value chooses how
+jobs see the globals it made (the original's 0/1/2; the node process itself never runs user code):
+
+- **0 and 2**: this process keeps them and, with the fork executor, every job forks from it, so jobs
+  see them exactly as setup left them (modules, open files, a large list shared copy-on-write). The
+  original's 0 ("a subprocess only if globals are used") and 2 ("always a subprocess") are the same
+  here: there always is one.
+- **1** ("globals shipped to the node process"): setup's new or replaced globals are serialized here
+  (data serializer: standard types, as in the original) and each job process installs its own copy;
+  this process puts them aside (``cleanup`` gets them back), so a job sees only what could be
+  shipped. Fork jobs install them while still idle spares, so the copy costs no job any latency.
+- The spawn executor has no fork: jobs always get setup's globals shipped, whatever the value.
+
+Any other value, an exception or a setup slower than ``setup_timeout`` fails the computation on this
+node with the reason (the node side enforces the time limit and kills this process).
+
+A cancelled job gets SIGINT (KeyboardInterrupt) and ``grace`` seconds to end; then its process group
+and every process it started (see :mod:`proctree`) get SIGTERM, then SIGKILL. Its ``done`` is sent
+exactly once, even if the process cannot be reaped.
 """
 
 from __future__ import annotations
@@ -30,15 +50,23 @@ logger = LazyLogger("dispynode")
 COALESCE_DELAY = 0.002
 """Seconds a "started" notification may wait to share a write with the job's result."""
 
+CANCEL_GRACE = 5.0
+"""Seconds a cancelled job has, after its KeyboardInterrupt, to return a value (the original's ~5 s)."""
+
 KILL_AFTER_TERM = 1.0
 """Seconds between SIGTERM and SIGKILL once a cancelled job's grace has run out."""
+
+REPORT_AFTER_KILL = 2.0
+"""Seconds after SIGKILL after which a job that still has not exited is reported anyway (CPU freed)."""
+
+SETUP_RESULTS = (0, 1, 2)
 
 
 class _Proc:
     """A job process: first an idle spare waiting for its job's arguments, then the job itself."""
 
     __slots__ = ("uid", "pid", "pipe", "wfd", "popen", "reader", "result", "cancelled", "status", "start",
-                 "procs", "bad", "reported")
+                 "procs", "bad", "reported", "token")
 
     def __init__(self, pid: int, pipe: int, wfd: int, max_frame: int, popen: Any = None) -> None:
         self.uid = -1  # -1 while a spare
@@ -54,6 +82,7 @@ class _Proc:
         self.procs: list[Any] = []
         self.bad = ""
         self.reported = False
+        self.token = ""  # proctree.job_token: in the environment the process started with
 
 
 class _ExitWatch:
@@ -135,6 +164,7 @@ class Host:
         self.jobs: dict[int, _Proc] = {}
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
+        self._spare_seq = itertools.count(1)
         self.info: CompInfo | None = None
         self.serializer: Any = None
         self.ns: dict[str, Any] = {}
@@ -148,6 +178,10 @@ class Host:
         self.spares_target = 0
         self.deferred: dict[int, dict[str, Any]] = {}  # job uid -> its "started" header, not sent yet
         self.fds: set[int] = {ctl_in, ctl_out}  # what a forked job must close first
+        self.setup_result: int | None = None
+        self.shipped: bytes = b""  # setup returned 1 (fork): setup's globals, for jobs to install
+        self.held: dict[str, Any] = {}  # ... and the originals, kept aside for cleanup
+        self.max_file_size = 0
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -212,7 +246,7 @@ class Host:
             if op == "submit":
                 self._submit(int(header["uid"]), blobs[0])
             elif op == "cancel":
-                self._cancel(int(header["uid"]), float(header.get("grace", 5.0)))
+                self._cancel(int(header["uid"]), float(header.get("grace", CANCEL_GRACE)))
             elif op == "close":
                 self.closing = True
                 if header.get("terminate"):
@@ -224,7 +258,11 @@ class Host:
     def _init(self, header: dict[str, Any], blobs: list[bytes]) -> None:
         info = self.info = CompInfo.from_frame(header, blobs)
         self.reader = ipc.FrameReader(info.max_frame or ipc.DEFAULT_MAX_FRAME)
+        namespace.shutdown_request = lambda: self.send({"op": "shutdown"})  # dispynode_shutdown() here
+        limit = info.extra.get("max_file_size", 0)
+        self.max_file_size = limit if type(limit) is int and limit > 0 else 0
         try:
+            os.chdir(info.work_dir)
             self.serializer = namespace.load_serializer(info)
             self.ns = namespace.install_user_main()
             namespace.install_depends(info, self.serializer, self.ns)
@@ -232,6 +270,12 @@ class Host:
             namespace.inject_globals(info, self.ns, self.fn)
         except BaseException as exc:
             self._setup_failed(f"cannot load computation {info.name!r}:\n{runtime.format_exception(exc, 0)}")
+            return
+        init_before = namespace.snapshot(self.ns) if info.extra.get("init_file") else None
+        try:
+            namespace.run_init_file(info, self.ns)  # dispynode --init: its globals are the base, like depends
+        except BaseException as exc:
+            self._setup_failed(f"the node's --init file failed:\n{runtime.format_exception(exc)}")
             return
         before = namespace.snapshot(self.ns)
         if info.setup:
@@ -242,17 +286,28 @@ class Host:
             except BaseException as exc:
                 self._setup_failed(f"setup raised an exception:\n{runtime.format_exception(exc)}")
                 return
-            if type(value) is not int or value not in (0, 1, 2):
-                self._setup_failed(f"setup returned {value!r}; it must return 0, 1 or 2")
+            finally:
+                with contextlib.suppress(OSError):
+                    os.chdir(info.work_dir)  # jobs start where setup did, wherever setup went
+            if type(value) is not int or value not in SETUP_RESULTS:
+                self._setup_failed(f"setup returned {value!r}; expected 0, 1 or 2")
                 return
+            self.setup_result = value
         if self.mode == "spawn":
-            changed = namespace.changed_globals(self.ns, before, self.serializer) if info.setup else {}
+            base = before if init_before is None else init_before  # spawned jobs need init's globals too
+            changed = namespace.changed_globals(self.ns, base, self.serializer) \
+                if info.setup or init_before is not None else {}
             header_, blobs_ = info.to_frame()
             blobs_.append(self.serializer.dumps(changed) if changed else b"")
             self.spawn_init = ipc.encode(header_, blobs_)
         else:
+            if self.setup_result == 1:
+                changed = namespace.changed_globals(self.ns, before, self.serializer)
+                self.shipped = self.serializer.dumps(changed) if changed else b""
+                self.held = namespace.take_globals(self.ns, before)
             gc.collect()
             gc.freeze()  # forked jobs then share the host's pages instead of touching them
+        del before
         self.send({"op": "ready"})
         self.spares_wanted = self.spares_target = int(info.extra.get("spares", 2))
 
@@ -268,13 +323,17 @@ class Host:
         error = ""
         info = self.info
         if info is not None and info.cleanup and self.serializer is not None:
+            namespace.put_back_globals(self.ns, self.held)
+            self.held = {}
             try:
+                os.chdir(info.work_dir)
                 cleanup = namespace.load_callable(info.cleanup, self.serializer, self.ns)
                 if callable(cleanup):
                     namespace.call_with_setup_args(cleanup, info, self.serializer)
             except BaseException as exc:
                 error = f"cleanup raised an exception:\n{runtime.format_exception(exc)}"
                 logger.warning("%s", error.rstrip())
+        namespace.run_init_close()
         self.send({"op": "closed", "error": error})
         self.running = False
 
@@ -285,12 +344,22 @@ class Host:
             os.close(fd)
 
     def _new_spare(self) -> _Proc | None:
-        """Start the next job's process ahead of need, so a submit only hands it the arguments."""
+        """Start the next job's process ahead of need, so a submit only hands it the arguments.
+
+        Its marker (``proctree.JOB_ENV``) is put in this process's environment just for the fork or
+        spawn: the job inherits it, and so does every program it starts, at no cost to the job.
+        """
+        token = proctree.job_token(os.getpid(), next(self._spare_seq))
+        os.environ[proctree.JOB_ENV] = token
         try:
-            return self._fork_spare() if self.mode == "fork" else self._spawn_spare()
+            proc = self._fork_spare() if self.mode == "fork" else self._spawn_spare()
         except OSError as exc:
             logger.warning("cannot start a job process: %s", exc)
             return None
+        finally:
+            os.environ.pop(proctree.JOB_ENV, None)
+        proc.token = token
+        return proc
 
     def _fork_spare(self) -> _Proc:
         info = self.info
@@ -311,10 +380,22 @@ class Host:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 self.exits.child_reset()
+                error, interrupted = "", False
+                if self.shipped:  # setup returned 1: this job's own copy of setup's globals
+                    try:
+                        namespace.install_setup_globals(self.shipped, self.serializer, self.ns)
+                    except BaseException as exc:
+                        interrupted = isinstance(exc, KeyboardInterrupt)
+                        error = ("cannot install setup's globals in the job process:\n"
+                                 f"{runtime.format_exception(exc, 0)}")
                 frame = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME).read()
                 if frame is not None:
-                    runtime.run_job(info.kind, self.fn, info.program, frame[1][0],
-                                    runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame))
+                    channel = runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame,
+                                                 self.max_file_size)
+                    if error:
+                        runtime.report_failure(channel, error, interrupted)
+                    else:
+                        runtime.run_job(info.kind, self.fn, info.program, frame[1][0], channel)
             finally:
                 os._exit(0)
         os.close(r_args)
@@ -428,6 +509,8 @@ class Host:
             elif op == "file":
                 relpath = str(header.get("relpath", ""))
                 self.send({"op": "file", "uid": proc.uid, "relpath": relpath}, blobs[:1])
+            elif op == "shutdown":  # dispynode_shutdown() in a job
+                self.send({"op": "shutdown", "uid": proc.uid})
 
     def _on_exit(self, proc: _Proc, status: int) -> None:
         proc.status = status
@@ -459,8 +542,8 @@ class Host:
             return
         proc.reported = True
         self.jobs.pop(proc.uid, None)
-        if proc.cancelled:
-            proctree.kill_tree(proc.pid, proc.procs)
+        if proc.cancelled:  # what the job started dies with it, even when it returned a value
+            proctree.kill_tree(proc.pid, proctree.job_processes(proc.pid, proc.token, proc.procs))
         now = time.time()
         blobs = [b"", b"", b""]
         if proc.result is not None and not proc.bad:
@@ -490,30 +573,33 @@ class Host:
 
     def _cancel(self, uid: int, grace: float) -> None:
         proc = self.jobs.get(uid)
-        if proc is None or proc.reported:
+        if proc is None or proc.reported or proc.cancelled:
             return
-        if not proc.cancelled:
-            proc.cancelled = True
-            proc.procs = proctree.descendants(proc.pid)
-            proctree.signal_process(proc.pid, signal.SIGINT)
-        self._later(max(0.0, grace), lambda: self._escalate(proc, signal.SIGTERM))
-        self._later(max(0.0, grace) + KILL_AFTER_TERM, lambda: self._escalate(proc, signal.SIGKILL))
+        proc.cancelled = True
+        proctree.job_processes(proc.pid, proc.token, proc.procs)  # before anything moves or exits
+        proctree.signal_process(proc.pid, signal.SIGINT)
+        grace = max(0.0, grace)
+        self._later(grace, lambda: self._escalate(proc, signal.SIGTERM))
+        self._later(grace + KILL_AFTER_TERM, lambda: self._escalate(proc, signal.SIGKILL))
+        self._later(grace + KILL_AFTER_TERM + REPORT_AFTER_KILL, lambda: self._give_up(proc))
 
     def _escalate(self, proc: _Proc, signum: int) -> None:
         if proc.reported or proc.status is not None:
             return
-        proc.procs.extend(p for p in proctree.descendants(proc.pid) if p not in proc.procs)
-        if signum == signal.SIGKILL:
-            proctree.kill_tree(proc.pid, proc.procs)
-        else:
-            proctree.signal_group(proc.pid, signum)
+        proctree.signal_tree(proc.pid, proctree.job_processes(proc.pid, proc.token, proc.procs), signum)
+
+    def _give_up(self, proc: _Proc) -> None:
+        """SIGKILL did not end the job (a process stuck in the kernel): free its CPU anyway."""
+        if proc.reported:
+            return
+        logger.warning("job process %s did not exit after SIGKILL; reporting its job cancelled", proc.pid)
+        self._report(proc)
 
     def _kill_all(self) -> None:
         for proc in list(self.jobs.values()):
             if not proc.reported and proc.status is None:
                 proc.cancelled = True
-                proc.procs = proctree.descendants(proc.pid)
-                proctree.kill_tree(proc.pid, proc.procs)
+                proctree.kill_tree(proc.pid, proctree.job_processes(proc.pid, proc.token, proc.procs))
 
     def _retire_spares(self) -> None:
         self.spares_wanted = 0
@@ -540,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(2, 1)
     os.set_blocking(ctl_out, True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    lazylog.LOG_FORMAT = f"dispynode[host {os.getpid()}] %(levelname)s %(message)s"
+    lazylog.mark_host()
     host = Host(mode, ctl_in, ctl_out)
     host.run()
     return 0

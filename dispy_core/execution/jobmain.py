@@ -7,12 +7,10 @@ job, writes its frames to stdout's original pipe and exits.
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import signal
 import sys
-import time
 from typing import Any
 
 from dispy_core.execution import ipc, namespace, runtime
@@ -25,8 +23,6 @@ def main() -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)  # prints outside sys.stdout (C code, os.system) go to the node's log, not the pipe
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format=f"dispynode[job {os.getpid()}] %(levelname)s %(message)s")
     reader = ipc.BlockingReader(ctl_in)
     frame = reader.read()
     if frame is None:
@@ -50,18 +46,21 @@ def main() -> int:
     if run is None:  # an unused spare being retired
         return 0
     _run_header, run_blobs = run
-    channel = runtime.JobChannel(ctl_out, serializer or pickle, info.work_dir, info.max_frame)
+    limit = info.extra.get("max_file_size", 0)
+    channel = runtime.JobChannel(ctl_out, serializer or pickle, info.work_dir, info.max_frame,
+                                 limit if type(limit) is int and limit > 0 else 0)
     if error:
-        now = time.time()
-        channel.send({"op": "result", "ok": False, "interrupted": False, "exc": error, "t0": now, "t1": now},
-                     [pickle.dumps(None), b"", b""])
+        runtime.report_failure(channel, error)
     else:
         runtime.run_job(info.kind, fn, info.program, run_blobs[0], channel)
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # cancelled before its job began: the host reports it Cancelled
+        code = 130
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -3,14 +3,22 @@
 ``logging`` imports ``threading``, whose at-fork handlers make every fork of the host touch (and so
 copy) many more pages: on a slow VM that doubled the CPU cost of each job. Hosts that log nothing
 never pay for it.
+
+Records go to the process's real stderr (``sys.__stderr__``), which host and job processes inherit
+from the node: so ``dispynode_logger`` in a job writes to the node's log, not into the job's captured
+``stderr`` (a job swaps ``sys.stderr`` while it runs, and the first record may come from inside it).
+Each line names its process, "host" or "job", from the record's pid: a forked job needs no call (and
+touches no page) to be labelled right, even with handlers the host configured before the fork.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+HOST_PID = 0
+"""The computation host's pid (``mark_host``); records from any other process are a job's."""
 
 
 class LazyLogger:
@@ -26,10 +34,29 @@ class LazyLogger:
 
             root = logging.getLogger()
             if not root.handlers:
-                logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=_format())
+                handler = logging.StreamHandler(sys.__stderr__ or sys.stderr)
+                handler.setFormatter(_formatter())
+                root.addHandler(handler)
+                root.setLevel(logging.INFO)
             self._logger = logging.getLogger(self._name)
         return getattr(self._logger, attr)
 
+    def __repr__(self) -> str:
+        return f"<LazyLogger {self._name}>"
 
-def _format() -> str:
-    return LOG_FORMAT
+
+def mark_host() -> None:
+    """Called once by the host process, before it forks anything."""
+    global HOST_PID
+    HOST_PID = os.getpid()
+
+
+def _formatter() -> Any:
+    import logging
+
+    class RoleFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            record.role = "host" if record.process == HOST_PID else "job"
+            return super().format(record)
+
+    return RoleFormatter("dispynode[%(role)s %(process)d] %(levelname)s %(name)s: %(message)s")

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,9 +215,55 @@ def inject_globals(info: CompInfo, ns: dict[str, Any], fn: Any) -> None:
                 target[key] = value
 
 
+shutdown_request: Callable[[], None] | None = None
+"""Set by the host process: how code running there (setup, cleanup) reaches the node."""
+
+
 def _dispynode_shutdown() -> None:
-    """Asking the node to quit needs its ``--client_shutdown`` and a node channel; logged for now."""
-    logger.warning("dispynode_shutdown() called; not supported by this node, ignored")
+    """Ask the node to quit once its running jobs are done; it obliges only if started with
+    ``--client_shutdown`` (else it logs a warning). A job asks over its own pipe, through the host."""
+    channel = runtime._channel
+    if channel is not None:
+        channel.send({"op": "shutdown"}, [])
+    elif shutdown_request is not None:
+        shutdown_request()
+    else:
+        logger.warning("dispynode_shutdown() called outside a node; ignored")
+
+
+_init_close: Any = None
+
+
+def run_init_file(info: CompInfo, ns: dict[str, Any]) -> bool:
+    """``dispynode --init FILE``: run the file and its ``init()``, then give ``ns`` the file's globals
+    (names the computation defines itself win); False when the node has no init file."""
+    global _init_close
+    path = info.extra.get("init_file")
+    if not isinstance(path, str) or not path:
+        return False
+    init_ns: dict[str, Any] = {"__name__": "__dispynode_init__", "__file__": path, "__builtins__": builtins}
+    with open(path, encoding="utf-8") as handle:
+        source = handle.read()
+    exec(compile(source, path, "exec"), init_ns)  # noqa: S102 - the node operator's own code, by design
+    init = init_ns.get("init")
+    if callable(init):
+        init()
+    _init_close = init_ns.get("close")
+    for key, value in init_ns.items():
+        if key not in _SKIP_GLOBALS and key not in ("init", "close"):
+            ns.setdefault(key, value)
+    return True
+
+
+def run_init_close() -> None:
+    """The ``--init`` file's ``close()``, once, when the computation's host finishes."""
+    global _init_close
+    close, _init_close = _init_close, None
+    if callable(close):
+        try:
+            close()
+        except Exception as exc:
+            logger.warning("close() of the node's --init file raised %s: %s", type(exc).__name__, exc)
 
 
 def load_callable(blob: bytes, serializer: Any, ns: dict[str, Any]) -> Any:
@@ -230,17 +277,25 @@ def call_with_setup_args(fn: Any, info: CompInfo, serializer: Any) -> Any:
     return fn(*args)
 
 
-def snapshot(ns: dict[str, Any]) -> dict[str, int]:
-    """Identity of every global, to find which ones setup created or replaced."""
-    return {key: id(value) for key, value in ns.items()}
+def snapshot(ns: dict[str, Any]) -> dict[str, Any]:
+    """The globals before setup (a shallow copy), to find which ones setup created or replaced."""
+    return dict(ns)
 
 
-def changed_globals(ns: dict[str, Any], before: dict[str, int], serializer: Any) -> dict[str, bytes]:
-    """Setup's new or replaced globals, each serialized; unserializable ones are skipped with a log line."""
+def _changed_keys(ns: dict[str, Any], before: dict[str, Any]) -> list[str]:
+    missing = object()
+    return [key for key, value in ns.items()
+            if key not in _SKIP_GLOBALS and before.get(key, missing) is not value]
+
+
+def changed_globals(ns: dict[str, Any], before: dict[str, Any], serializer: Any) -> dict[str, bytes]:
+    """Setup's new or replaced globals, each serialized; unserializable ones are skipped with a log line.
+
+    A global setup changes in place (``data.append(...)`` on a depends' list) is not seen as changed.
+    """
     out: dict[str, bytes] = {}
-    for key, value in ns.items():
-        if key in _SKIP_GLOBALS or before.get(key) == id(value):
-            continue
+    for key in _changed_keys(ns, before):
+        value = ns[key]
         if isinstance(value, types.ModuleType):
             logger.info("setup global %r is a module; jobs must import it themselves", key)
             continue
@@ -250,6 +305,22 @@ def changed_globals(ns: dict[str, Any], before: dict[str, int], serializer: Any)
             logger.warning("setup global %r (%s) cannot be serialized for job processes, skipped: %s",
                            key, type(value).__name__, exc)
     return out
+
+
+def take_globals(ns: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """Remove setup's new or replaced globals from ``ns`` (restoring what they replaced); returned so
+    that :func:`put_back_globals` can give them to ``cleanup``."""
+    held = {key: ns[key] for key in _changed_keys(ns, before)}
+    for key in held:
+        if key in before:
+            ns[key] = before[key]
+        else:
+            del ns[key]
+    return held
+
+
+def put_back_globals(ns: dict[str, Any], held: dict[str, Any]) -> None:
+    ns.update(held)
 
 
 def install_setup_globals(blob: bytes, serializer: Any, ns: dict[str, Any]) -> None:

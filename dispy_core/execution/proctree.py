@@ -2,7 +2,10 @@
 
 Each job runs as the leader of its own session / process group, so one ``killpg`` reaches what it
 forked even after the job itself is gone; a psutil snapshot of its descendants, taken while the job
-still lives, catches processes that moved to a group of their own.
+still lives, catches processes that moved to a group of their own (``setsid``). A process that also
+left the job's tree (its parent exited: a daemonizing double fork) is found by the environment marker
+every job sets (``JOB_ENV``) and every program it executes inherits. All of this runs only when a job
+is cancelled or killed, never on the per-job path.
 """
 
 from __future__ import annotations
@@ -14,6 +17,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import psutil
+
+JOB_ENV = "DISPY_JOB_TOKEN"
+"""Environment variable naming the job a process belongs to (``job_token``)."""
+
+
+def job_token(host_pid: int, uid: int) -> str:
+    """The marker of job ``uid`` of the host ``host_pid`` (unique while that host lives)."""
+    return f"{host_pid}:{uid}"
 
 
 def describe_wait_status(status: int) -> str:
@@ -51,6 +62,47 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def marked(token: str) -> list[psutil.Process]:
+    """This user's processes whose environment carries ``token`` (programs a job started)."""
+    import psutil
+
+    if not token:
+        return []
+    me, uid = os.getpid(), os.getuid() if hasattr(os, "getuid") else None
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == me or (uid is not None and proc.uids().real != uid):
+                continue
+            if proc.environ().get(JOB_ENV) == token:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def job_processes(pid: int, token: str, known: list[psutil.Process]) -> list[psutil.Process]:
+    """``known`` plus what the job started since: its descendants and the processes marked with its
+    token; each process once, the list in place so that later rounds keep earlier finds."""
+    pids = {p.pid for p in known}
+    for proc in descendants(pid) + marked(token):
+        if proc.pid not in pids and proc.pid != pid:
+            pids.add(proc.pid)
+            known.append(proc)
+    return known
+
+
+def signal_tree(pgid: int, known: list[psutil.Process], signum: int) -> None:
+    """Send ``signum`` to a job's process group and to every remembered process that still runs."""
+    import psutil
+
+    signal_group(pgid, signum)
+    for proc in known:
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running():  # also checks it is the same process (create time)
+                proc.send_signal(signum)
+
+
 def signal_process(pid: int, signum: int) -> bool:
     """Send ``signum`` to one process; False if it no longer exists."""
     try:
@@ -73,14 +125,9 @@ def signal_group(pgid: int, signum: int) -> bool:
 
 
 def kill_tree(pgid: int, known: list[psutil.Process] | None = None) -> None:
-    """SIGKILL a job's process group and any remembered descendants that still run."""
+    """SIGKILL a job's process group and any remembered processes that still run."""
     sigkill = getattr(signal, "SIGKILL", signal.SIGTERM)
-    signal_group(pgid, sigkill)
-    if not known:
-        return
-    import psutil
-
-    for proc in known:
-        with contextlib.suppress(psutil.Error):
-            if proc.is_running():  # also checks it is the same process (create time)
-                proc.kill()
+    if known:
+        signal_tree(pgid, known, sigkill)
+    else:
+        signal_group(pgid, sigkill)

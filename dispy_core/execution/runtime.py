@@ -8,73 +8,136 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
+import stat
 import sys
 import time
 import traceback
 from typing import Any
 
 from dispy_core.execution import ipc
-from dispy_core.execution.lazylog import LazyLogger
-
-logger = LazyLogger("dispynode")
 
 OUTPUT_CAP = 16 * 1024 * 1024
 """stdout/stderr beyond this many bytes are cut (a note says so) to keep the result frame bounded."""
 
 
 class JobChannel:
-    """The job's end of its pipe to the host (blocking writes, one frame per write)."""
+    """The job's end of its pipe to the host (blocking writes, one frame per write).
 
-    __slots__ = ("fd", "serializer", "work_dir", "max_frame")
+    ``max_file_size`` (0 = no limit) is the node's bound for a file a job sends; the node enforces it
+    too, the job refuses larger files early, without reading them.
+    """
 
-    def __init__(self, fd: int, serializer: Any, work_dir: str, max_frame: int) -> None:
+    __slots__ = ("fd", "serializer", "work_dir", "max_frame", "max_file_size")
+
+    def __init__(self, fd: int, serializer: Any, work_dir: str, max_frame: int, max_file_size: int = 0) -> None:
         self.fd = fd
         self.serializer = serializer
         self.work_dir = work_dir
         self.max_frame = max_frame or ipc.DEFAULT_MAX_FRAME
+        self.max_file_size = max(0, int(max_file_size or 0))
 
     def send(self, header: dict[str, Any], blobs: list[bytes]) -> bool:
+        """Write one frame; False if it would exceed the frame bound.
+
+        A cancel's KeyboardInterrupt is held back while a large frame is written: a frame cut in half
+        would spoil every frame after it, including the value a job returns when it catches the
+        interrupt. A pipe write of up to ``PIPE_BUF`` bytes is all or nothing, so small frames (most
+        results) skip the two extra system calls and the pages they touch.
+        """
         if sum(len(b) for b in blobs) + 1024 > self.max_frame:
             return False
-        ipc.write_all(self.fd, ipc.encode(header, blobs))
+        frame = ipc.encode(header, blobs)
+        if _SIGMASK is None or len(frame) <= _ATOMIC_WRITE:
+            ipc.write_all(self.fd, frame)
+            return True
+        _SIGMASK(signal.SIG_BLOCK, _HELD)
+        try:
+            ipc.write_all(self.fd, frame)
+        finally:
+            _SIGMASK(signal.SIG_UNBLOCK, _HELD)
         return True
 
+
+_SIGMASK = getattr(signal, "pthread_sigmask", None)
+_HELD = {signal.SIGINT}
+_ATOMIC_WRITE = getattr(select, "PIPE_BUF", 512)
 
 _channel: JobChannel | None = None
 
 
+def _complain(what: str, reason: str) -> int:
+    """A failed ``dispy_*`` call: one line on the job's stderr (the user sees it in ``job.stderr``)."""
+    print(f"{what} failed: {reason}", file=sys.stderr)
+    return -1
+
+
 def dispy_provisional_result(result: Any, relay: bool = False, timeout: float | None = None) -> int:
-    """Send an intermediate result to the client; 0 on success, -1 on failure."""
+    """Send an intermediate result to the client; 0 once it is on its way, -1 on failure.
+
+    ``relay`` and ``timeout`` are accepted for compatibility: a job's frames go to the node in order
+    over its pipe, so there is nothing to relay and nothing to time out.
+    """
     if _channel is None:
-        logger.warning("dispy_provisional_result called outside a job")
-        return -1
+        return _complain("dispy_provisional_result", "called outside a job")
     try:
         data = _channel.serializer.dumps(result)
-        return 0 if _channel.send({"op": "prov", "relay": bool(relay)}, [data]) else -1
     except Exception as exc:
-        logger.warning("dispy_provisional_result failed: %s", exc)
-        return -1
+        return _complain("dispy_provisional_result", f"cannot serialize the result: {exc}")
+    if not _channel.send({"op": "prov", "relay": bool(relay)}, [data]):
+        return _complain("dispy_provisional_result", f"{len(data)} bytes exceed the frame bound of "
+                                                     f"{_channel.max_frame} bytes")
+    return 0
+
+
+def send_file_name(path: str, work_dir: str) -> tuple[str, str]:
+    """``(absolute path, name the client gets)`` for a file a job sends.
+
+    A file under the computation's directory keeps its path relative to it ("out/a.dat"), which the
+    client recreates under its own working directory. A file anywhere else is sent by its base name
+    only: its absolute path means nothing on the client, and must never become a path there.
+    """
+    full = os.path.abspath(os.path.expanduser(os.fspath(path)))  # relative to the job's cwd, as open() is
+    root = os.path.abspath(work_dir)
+    if os.path.commonpath([full, root]) == root and full != root:
+        return full, os.path.relpath(full, root).replace(os.sep, "/")
+    return full, os.path.basename(full)
 
 
 def dispy_send_file(path: str, relay: bool = False, timeout: float | None = None) -> int:
-    """Send a file to the client; its path is kept relative to the job directory (else its base name)."""
+    """Send a file to the client (see :func:`send_file_name` for the name it gets there).
+
+    0 once the file is on its way to the node, -1 on failure (no such file, not a regular file, larger
+    than the node's ``max_file_size`` or the frame bound), with the reason on the job's stderr.
+    """
+    what = f"dispy_send_file({path!r})"
     if _channel is None:
-        logger.warning("dispy_send_file called outside a job")
-        return -1
+        return _complain(what, "called outside a job")
     try:
-        full = os.path.abspath(os.fspath(path))
-        root = os.path.abspath(_channel.work_dir)
-        if os.path.commonpath([full, root]) == root and full != root:
-            relpath = os.path.relpath(full, root).replace(os.sep, "/")
-        else:
-            relpath = os.path.basename(full)
+        full, relpath = send_file_name(path, _channel.work_dir)
+        info = os.stat(full)  # before open(): a FIFO would block it
+        if not stat.S_ISREG(info.st_mode):
+            return _complain(what, "not a regular file")
+        limit = _channel.max_file_size
+        if limit and info.st_size > limit:
+            return _complain(what, f"the file has {info.st_size} bytes, above the node's max_file_size of "
+                                   f"{limit} bytes")
+        if info.st_size + 1024 + len(relpath) > _channel.max_frame:
+            return _complain(what, f"the file has {info.st_size} bytes, above the frame bound of "
+                                   f"{_channel.max_frame} bytes")
         with open(full, "rb") as fh:
             data = fh.read()
-        return 0 if _channel.send({"op": "file", "relpath": relpath, "relay": bool(relay)}, [data]) else -1
-    except Exception as exc:
-        logger.warning("dispy_send_file(%r) failed: %s", path, exc)
-        return -1
+        if limit and len(data) > limit:
+            return _complain(what, f"the file grew to {len(data)} bytes, above the node's max_file_size "
+                                   f"of {limit} bytes")
+    except OSError as exc:
+        return _complain(what, f"{exc.strerror or exc}: {exc.filename or path!r}")
+    if not relpath:
+        return _complain(what, "no file name")
+    if not _channel.send({"op": "file", "relpath": relpath, "relay": bool(relay)}, [data]):
+        return _complain(what, f"the file grew beyond the frame bound of {_channel.max_frame} bytes")
+    return 0
 
 
 def format_exception(exc: BaseException, skip_frames: int = 1) -> str:
@@ -110,11 +173,22 @@ def run_job(kind: str, fn: Any, program: str, args_blob: bytes, channel: JobChan
     header["op"] = "result"
     header["t0"] = start
     header["t1"] = time.time()
-    if not channel.send(header, blobs):
+    try:
+        sent = channel.send(header, blobs)
+    except KeyboardInterrupt:  # a cancel's interrupt just before or after a small frame's write: write
+        sent = channel.send(header, blobs)  # (again); the host reads one result and ignores the rest
+    if not sent:
         header.update(ok=False, interrupted=False,
                       exc=f"job result too large: {sum(len(b) for b in blobs)} bytes exceed the frame bound "
                           f"of {channel.max_frame} bytes")
         channel.send(header, [_none(channel), b"", b""])
+
+
+def report_failure(channel: JobChannel, reason: str, interrupted: bool = False) -> None:
+    """The ``result`` frame of a job that could not even start (its process failed to prepare)."""
+    now = time.time()
+    channel.send({"op": "result", "ok": False, "interrupted": interrupted, "exc": reason, "t0": now, "t1": now},
+                 [_none(channel), b"", b""])
 
 
 def _none(channel: JobChannel) -> bytes:

@@ -14,7 +14,9 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +27,7 @@ from dispy_core.channel import Channel, _fmt
 from dispy_core.config import Config
 from dispy_core.errors import DispyError, ExecutionError, ProtocolError, SetupError, UnsafePathError
 from dispy_core.interfaces import ByteStream, ComputationSpec, JobExecutor, JobOutcome, Listener
+from dispy_core.node.service import ServiceState, ServiceWindow, minute_of_day
 from dispy_core.paths import check_relpath, safe_join
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol import messages as m
@@ -33,6 +36,9 @@ from dispy_core.status import JobStatus
 log = logging.getLogger("dispy.node")
 
 FILE_CHUNK = 4 << 20
+REFUSAL_DELAY = 1.0
+"""Seconds a node that accepts no jobs (stopped, outside its service window, quitting) holds a refusal:
+the client re-queues a refused job at once, so this bounds the refusals to one per job per second."""
 
 
 @dataclass
@@ -44,10 +50,21 @@ class NodeOptions:
     cpus: int = 0
     name: str = ""
     dest_path_prefix: str = ""
-    secret: str = ""
+    secret: str = field(default="", repr=False)
+    admin_secret: str = field(default="", repr=False)
+    """Kept for admin operations (dispyadmin, a later release); never logged."""
     max_file_size: int = 0
     msg_timeout: float = 10.0
     clean: bool = False
+    serve: int = 0
+    """Computations to serve before quitting; 0 = no limit."""
+    zombie_interval: float = 0.0
+    """Minutes a client's connection may stay silent before the client is presumed dead; 0 = never."""
+    client_shutdown: bool = False
+    force_cleanup: bool = False
+    init_file: str = ""
+    """Absolute path of the ``--init`` file, run by each computation's host process (never by the node)."""
+    service: ServiceWindow = field(default_factory=ServiceWindow)
 
 
 @dataclass
@@ -109,7 +126,8 @@ def avail_info(path: Path) -> dict[str, Any]:
 class NodeServer:
     """One dispynode: a listener, its clients' channels, and the executor that runs jobs."""
 
-    def __init__(self, options: NodeOptions, config: Config | None = None) -> None:
+    def __init__(self, options: NodeOptions, config: Config | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.options = options
         self.config = config or Config(role="node")
         self.plugins = DispyPluginManager(self.config)
@@ -130,6 +148,14 @@ class NodeServer:
         self.computations: dict[str, HostedComputation] = {}
         self.channels: set[Channel] = set()
         self.listener: Listener | None = None
+        self.address: tuple[str, int] = (self.host, options.port)
+        self.accepting = True  # the console's stop / start
+        self.service_state = ServiceState.OPEN
+        self.quitting = False
+        self.clock: Callable[[], datetime] = clock or datetime.now
+        self._cap = self.cpus  # CPUs usable by new jobs: 0 while not accepting (one comparison per submit)
+        self._served = 0
+        self._closing = 0
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pulsing: set[Channel] = set()
@@ -140,11 +166,20 @@ class NodeServer:
         if self.options.clean:
             self._clean_prefix()
         psutil.cpu_percent(interval=None)  # prime the CPU meter
+        if self.options.service.active:
+            self.apply_service_state()  # a window already closed refuses the very first job
         self.listener = await self.transport.listen(self.host, self.options.port, self._serve)
-        host, port = self.listener.address
+        host, port = self.address = self.listener.address
         tls = " with TLS" if self.config.certfile else ""
         log.info("dispynode %s serving %d CPUs at %s%s (executor %s, files under %s)", self.name, self.cpus,
                  _fmt((host, port)), tls, self.executor.name, self.dest_path_prefix)
+        if self.options.service.active:
+            self._spawn(self._service_loop())
+        if self.options.zombie_interval > 0:
+            self._spawn(self._zombie_loop(self.options.zombie_interval * 60.0))
+        if self.options.init_file:
+            log.info("--init %s runs in each computation's host process, before its setup",
+                     self.options.init_file)
         return host, port
 
     def _clean_prefix(self) -> None:
@@ -159,7 +194,158 @@ class NodeServer:
         await self._stopped.wait()
 
     def request_stop(self) -> None:
+        """Stop now: running jobs are terminated (SIGTERM, the console's ``exit``)."""
         self._stopped.set()
+
+    def request_quit(self, why: str = "") -> None:
+        """Stop after the running jobs (console ``quit``, ``--serve``, ``dispynode_shutdown()``)."""
+        if self.quitting:
+            return
+        self.quitting = True
+        self._update_cap()
+        log.info("dispynode %s quits after its %d running jobs%s", self.name, self.busy, f" ({why})" if why else "")
+        self._maybe_quit()
+
+    def _maybe_quit(self) -> None:
+        if self.quitting and self.busy == 0 and self._closing == 0 and not self._stopped.is_set():
+            self._spawn(self._quit_when_flushed())
+
+    async def _quit_when_flushed(self) -> None:
+        await asyncio.sleep(0.05)  # let the last results and replies, already queued, go out first
+        if self.busy == 0 and self._closing == 0:
+            self.request_stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    # ------------------------------------------------------------------ what may run
+    def _update_cap(self) -> None:
+        open_ = self.accepting and not self.quitting and self.service_state is ServiceState.OPEN
+        self._cap = self.cpus if open_ else 0
+
+    @property
+    def avail_cpus(self) -> int:
+        return max(0, self._cap - self.busy)
+
+    def not_accepting_reason(self) -> str:
+        if self.quitting:
+            return "node is shutting down"
+        if self.service_state is not ServiceState.OPEN:
+            return f"node is outside its service window ({self.service_state.value})"
+        if not self.accepting:
+            return "node was stopped by its operator"
+        return ""
+
+    def set_accepting(self, accepting: bool) -> None:
+        self.accepting = accepting
+        self._update_cap()
+        log.info("dispynode %s %s new jobs", self.name, "accepts" if accepting else "accepts no")
+
+    def set_cpus(self, requested: int) -> int:
+        """Serve ``requested`` CPUs (0 = all, negative = all but); ValueError if impossible."""
+        self.cpus = resolve_cpus(requested)
+        self._update_cap()
+        log.info("dispynode %s now serves %d CPUs", self.name, self.cpus)
+        return self.cpus
+
+    def apply_service_state(self) -> ServiceState:
+        """Follow the service window at the clock's current time; at its end, terminate running jobs."""
+        now = self.clock()
+        state = self.options.service.state_at(minute_of_day(now.hour, now.minute, now.second))
+        if state is not self.service_state:
+            log.info("dispynode %s service window: %s", self.name, state.value)
+            self.service_state = state
+            self._update_cap()
+            if state is ServiceState.ENDED:
+                self._terminate_running("the node's service window ended")
+        return state
+
+    def _terminate_running(self, why: str) -> None:
+        for comp in list(self.computations.values()):
+            for uid in list(comp.running):
+                log.info("terminating job %s of %s: %s", uid, comp.name, why)
+                self._spawn(self.executor.cancel(comp.comp_id, uid, grace=0.0))
+
+    async def _service_loop(self) -> None:
+        window = self.options.service
+        while not self._stopped.is_set():
+            state_time = self.clock()
+            wait = window.minutes_to_next_change(minute_of_day(state_time.hour, state_time.minute,
+                                                               state_time.second))
+            # re-check at least every 30 s: the wall clock may jump (NTP, suspend)
+            await asyncio.sleep(min(30.0, 0.05 + 60.0 * wait) if wait is not None else 30.0)
+            self.apply_service_state()
+
+    # ------------------------------------------------------------------ dead clients
+    async def _zombie_loop(self, limit: float) -> None:
+        """Close what a client left when its connection has been silent ``limit`` s (no frame received);
+        at half that, ping it, so a client that answers pings stays alive while idle."""
+        period = max(0.05, min(limit / 4.0, 30.0))
+        loop = asyncio.get_running_loop()
+        seen: dict[Channel, tuple[int, float, bool]] = {}  # rx_bytes, since when, pinged
+        while not self._stopped.is_set():
+            await asyncio.sleep(period)
+            now = loop.time()
+            for channel in list(self.channels):
+                rx = channel.rx_bytes
+                last = seen.get(channel)
+                if last is None or last[0] != rx:
+                    seen[channel] = (rx, now, False)
+                    continue
+                silent = now - last[1]
+                if silent >= limit:
+                    seen.pop(channel, None)
+                    self._spawn(self._drop_zombie(channel, silent))
+                elif silent >= limit / 2 and not last[2] and not channel.closed:
+                    seen[channel] = (rx, last[1], True)
+                    self._spawn(self._send_quietly(channel, m.Ping(channel.next_req_id())))
+            for channel in [c for c in seen if c not in self.channels]:
+                del seen[channel]
+
+    async def _drop_zombie(self, channel: Channel, silent: float) -> None:
+        comps = [c for c in self.computations.values() if c.channel is channel]
+        log.warning("client %s silent for %.1f s (zombie_interval %g min): presumed dead; closing %s",
+                    _fmt(channel.peer), silent, self.options.zombie_interval,
+                    ", ".join(c.name for c in comps) or "its connection")
+        for comp in comps:
+            await self._close_computation(comp, terminate=True)
+        await channel.close("client presumed dead (zombie_interval)")
+
+    async def _send_quietly(self, channel: Channel, msg: m.Message) -> None:
+        try:
+            await channel.send(msg)
+        except (DispyError, OSError):
+            pass
+
+    # ------------------------------------------------------------------ console operations
+    def release(self) -> list[str]:
+        """Free the node from its clients: close every computation (terminating its jobs) and the
+        clients' connections; returns the computations' names."""
+        names = []
+        for comp in list(self.computations.values()):
+            names.append(f"{comp.name} ({_fmt(comp.channel.peer)})")
+            self._spawn(self._close_computation(comp, terminate=True))
+        for channel in list(self.channels):
+            self._spawn(channel.close("released by the node's operator"))
+        return names
+
+    def status_lines(self) -> list[str]:
+        total = os.cpu_count() or 1
+        state = "accepting jobs" if self._cap else f"not accepting jobs: {self.not_accepting_reason()}"
+        lines = [f"dispynode {self.name} at {_fmt(self.address)}: {self.cpus} of {total} CPUs served, "
+                 f"{self.busy} busy, {self.jobs_done} jobs done; {state}"]
+        if self.options.service.active:
+            lines.append(f"  service window: {self.service_state.value}")
+        if not self.computations:
+            lines.append("  no computations")
+        for comp in self.computations.values():
+            client = _fmt(comp.channel.peer) + (" (connection closed)" if comp.channel.closed else "")
+            lines.append(f"  computation {comp.name} ({comp.comp_id}) from client {client}: "
+                         f"{len(comp.running)} running, {comp.jobs_done} done")
+        if self.options.serve:
+            lines.append(f"  computations served: {self._served} of {self.options.serve}")
+        return lines
 
     async def stop(self) -> None:
         """Stop accepting, end every job and computation, leave no process behind."""
@@ -202,7 +388,7 @@ class NodeServer:
             await channel.run(lambda msg: self._handle(channel, msg))
         finally:
             self.channels.discard(channel)
-            for comp in [c for c in self.computations.values() if c.channel is channel]:
+            for comp in [c for c in self.computations.values() if c.channel is channel and not self.stopped]:
                 log.warning("client %s of computation %s went away; terminating its jobs",
                             _fmt(channel.peer), comp.name)
                 self._spawn(self._close_computation(comp, terminate=True))
@@ -213,16 +399,21 @@ class NodeServer:
             self._spawn(channel.send(m.Error("unexpected", f"node does not accept {type(msg).__name__}",
                                              getattr(msg, "req_id", 0))))
             return
-        handler(self, channel, msg)
+        try:
+            handler(self, channel, msg)
+        except Exception as exc:  # a message the checks above let through must not take the node down
+            log.exception("handling %s from %s failed", type(msg).__name__, _fmt(channel.peer))
+            self._spawn(self._reply_error(channel, getattr(msg, "req_id", 0), "bad-request",
+                                          f"node could not handle {type(msg).__name__}: {exc}"))
 
     async def _reply_error(self, channel: Channel, req_id: int, code: str, text: str) -> None:
         if not channel.closed:
-            await channel.send(m.Error(code, text, req_id))
+            await self._send_quietly(channel, m.Error(code, text, req_id))
 
     # ------------------------------------------------------------------ node info
     def _on_info(self, channel: Channel, msg: m.NodeInfoRequest) -> None:
         info = m.NodeInfo(req_id=msg.req_id, name=self.name, ip_addr=self.host, cpus=self.cpus,
-                          avail_cpus=self.cpus - self.busy, platform=platform.platform(),
+                          avail_cpus=self.avail_cpus, platform=platform.platform(),
                           python=".".join(map(str, sys.version_info[:3])), executor=self.executor.name,
                           serializers=[self.serializer.name], avail_info=avail_info(self.dest_path_prefix))
         self._spawn(channel.send(info))
@@ -241,7 +432,7 @@ class NodeServer:
                 await asyncio.sleep(interval)
                 if channel.closed:
                     break
-                await channel.send(m.Pulse(busy=self.busy, avail_cpus=self.cpus - self.busy,
+                await channel.send(m.Pulse(busy=self.busy, avail_cpus=self.avail_cpus,
                                            avail_info=self.pulse_fields()))
         except (DispyError, OSError):
             pass
@@ -251,9 +442,17 @@ class NodeServer:
     def _on_ping(self, channel: Channel, msg: m.Ping) -> None:
         self._spawn(channel.send(m.Pong(msg.req_id)))
 
+    def _on_pong(self, channel: Channel, msg: m.Pong) -> None:
+        """A client's answer to our liveness ping: receiving it was the point."""
+
     # ------------------------------------------------------------------ computations
     def _on_open(self, channel: Channel, msg: m.ComputationOpen) -> None:
         try:
+            if self.quitting or self._stopped.is_set():
+                raise ExecutionError(f"node {self.name} is shutting down")
+            if self.options.serve and self._served >= self.options.serve:
+                raise ExecutionError(f"node {self.name} has served the {self.options.serve} computations it "
+                                     f"was started for (--serve) and takes no more")
             if msg.comp_id in self.computations:
                 raise ExecutionError(f"computation {msg.comp_id} is already open on this node")
             check_relpath(msg.comp_id)
@@ -265,7 +464,8 @@ class NodeServer:
         except (DispyError, OSError, ValueError) as exc:
             self._spawn(channel.send(m.ComputationReady(msg.req_id, msg.comp_id, False, error=str(exc))))
             return
-        comp = HostedComputation(msg.comp_id, msg.name, channel, work_dir, cleanup_files=msg.cleanup_files)
+        comp = HostedComputation(msg.comp_id, msg.name, channel, work_dir,
+                                 cleanup_files=msg.cleanup_files or self.options.force_cleanup)
         comp.cpus = min(self.cpus, msg.cpus) if msg.cpus > 0 else self.cpus
         comp.spec_kwargs = dict(
             comp_id=msg.comp_id, name=msg.name, kind=msg.kind, work_dir=work_dir,
@@ -275,6 +475,7 @@ class NodeServer:
             node_name=self.name, node_ip_addr=self.host, setup_timeout=msg.setup_timeout,
             extra=self._executor_extra(msg.options))
         self.computations[msg.comp_id] = comp
+        self._served += 1
         interval = msg.options.get("pulse_interval")
         if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0 \
                 and channel not in self._pulsing:
@@ -287,6 +488,10 @@ class NodeServer:
     def _executor_extra(self, options: dict[str, Any]) -> dict[str, Any]:
         extra: dict[str, Any] = {k: options[k] for k in ("source_complete", "source_modules") if k in options}
         extra["serializer_class"] = self._serializer_class
+        if self.options.init_file:
+            extra["init_file"] = self.options.init_file
+        if self.options.max_file_size:
+            extra["max_file_size"] = self.options.max_file_size  # dispy_send_file refuses larger files
         return extra
 
     def _on_setup(self, channel: Channel, msg: m.ComputationSetup) -> None:
@@ -302,7 +507,8 @@ class NodeServer:
             log.warning("setup of computation %s failed: %s", comp.name, exc)
             self.computations.pop(comp.comp_id, None)
             self._remove_files(comp)
-            await comp.channel.send(m.ComputationReady(req_id, comp.comp_id, False, error=str(exc)))
+            await self._send_quietly(comp.channel, m.ComputationReady(req_id, comp.comp_id, False, error=str(exc)))
+            self._check_served()
             return
         comp.ready = True
         await comp.channel.send(m.ComputationReady(req_id, comp.comp_id, True, cpus=comp.cpus,
@@ -321,13 +527,27 @@ class NodeServer:
     async def _close_computation(self, comp: HostedComputation, terminate: bool) -> None:
         if self.computations.pop(comp.comp_id, None) is None:
             return
-        if comp.ready:
-            try:
-                await self.executor.close(comp.comp_id, terminate=terminate)
-            except (DispyError, OSError) as exc:
-                log.warning("closing computation %s: %s", comp.name, exc)
-        self._remove_files(comp)
+        self._closing += 1
+        try:
+            if comp.ready:
+                try:
+                    await self.executor.close(comp.comp_id, terminate=terminate)
+                except (DispyError, OSError) as exc:
+                    log.warning("closing computation %s: %s", comp.name, exc)
+            self._remove_files(comp)
+        finally:
+            self._closing -= 1
+        for uid in list(comp.running):  # jobs the executor never reported: free their CPUs
+            comp.running.discard(uid)
+            self.busy -= 1
         log.info("computation %s (%s) closed after %d jobs", comp.name, comp.comp_id, comp.jobs_done)
+        self._check_served()
+        self._maybe_quit()
+
+    def _check_served(self) -> None:
+        serve = self.options.serve
+        if serve and self._served >= serve and not self.computations and not self._closing:
+            self.request_quit(f"served {serve} computation{'s' if serve > 1 else ''}")
 
     def _remove_files(self, comp: HostedComputation) -> None:
         for handle, _, _ in comp.open_files.values():
@@ -399,12 +619,26 @@ class NodeServer:
         if comp is None or comp.channel is not channel or not comp.ready:
             self._spawn(channel.send(m.JobRefused(msg.comp_id, msg.job_uid, "computation is not ready here")))
             return
-        if self.busy >= self.cpus or len(comp.running) >= comp.cpus:
-            self._spawn(channel.send(m.JobRefused(msg.comp_id, msg.job_uid, "no free CPU")))
+        if self.busy >= self._cap or len(comp.running) >= comp.cpus:
+            self._refuse(channel, msg)
             return
         self.busy += 1
         comp.running.add(msg.job_uid)
         self._spawn(self._submit(comp, msg))
+
+    def _refuse(self, channel: Channel, msg: m.JobSubmit) -> None:
+        reason = self.not_accepting_reason() if self._cap == 0 else ""
+        refusal = m.JobRefused(msg.comp_id, msg.job_uid, reason or "no free CPU")
+        if reason:
+            log.debug("job %s of %s refused: %s", msg.job_uid, msg.comp_id, reason)
+            self._spawn(self._send_later(channel, refusal, REFUSAL_DELAY))
+        else:
+            self._spawn(channel.send(refusal))
+
+    async def _send_later(self, channel: Channel, msg: m.Message, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not channel.closed:
+            await self._send_quietly(channel, msg)
 
     async def _submit(self, comp: HostedComputation, msg: m.JobSubmit) -> None:
         try:
@@ -437,6 +671,26 @@ class NodeServer:
             self._spawn(comp.channel.send(m.JobResult(
                 comp_id, job_uid, int(outcome.status), outcome.result, outcome.stdout, outcome.stderr,
                 outcome.exception, outcome.start_time, outcome.end_time)))
+        if self.quitting:
+            self._maybe_quit()
+
+    def _job_file(self, comp_id: str, job_uid: int, relpath: str, data: bytes) -> None:
+        """A job's ``dispy_send_file``: forwarded within ``--max_file_size`` only."""
+        limit = self.options.max_file_size
+        if limit and len(data) > limit:
+            log.warning("file %r of %d bytes from job %s of %s not sent: above this node's max_file_size of "
+                        "%d bytes", relpath, len(data), job_uid, comp_id, limit)
+            return
+        self._send_to_owner(comp_id, m.JobFile(comp_id, job_uid, relpath, data))
+
+    def _client_shutdown(self, comp_id: str) -> None:
+        comp = self.computations.get(comp_id)
+        name = comp.name if comp is not None else comp_id
+        if not self.options.client_shutdown:
+            log.warning("computation %s called dispynode_shutdown(), but this node was not started with "
+                        "--client_shutdown; ignored", name)
+            return
+        self.request_quit(f"computation {name} called dispynode_shutdown()")
 
     def _send_to_owner(self, comp_id: str, msg: m.Message) -> None:
         comp = self.computations.get(comp_id)
@@ -446,6 +700,7 @@ class NodeServer:
     _handlers: dict[type[m.Message], Any] = {
         m.NodeInfoRequest: _on_info,
         m.Ping: _on_ping,
+        m.Pong: _on_pong,
         m.ComputationOpen: _on_open,
         m.ComputationSetup: _on_setup,
         m.ComputationClose: _on_close,
@@ -469,7 +724,11 @@ class _Events:
         self.server._send_to_owner(comp_id, m.JobProvisional(comp_id, job_uid, result))
 
     def job_file(self, comp_id: str, job_uid: int, relpath: str, data: bytes) -> None:
-        self.server._send_to_owner(comp_id, m.JobFile(comp_id, job_uid, relpath, data))
+        self.server._job_file(comp_id, job_uid, relpath, data)
+
+    def node_shutdown(self, comp_id: str) -> None:
+        """The computation's setup, cleanup or a job called ``dispynode_shutdown()`` (optional event)."""
+        self.server._client_shutdown(comp_id)
 
     def job_done(self, comp_id: str, job_uid: int, outcome: JobOutcome) -> None:
         self.server._job_done(comp_id, job_uid, outcome)

@@ -1,7 +1,8 @@
 """The spawn executor: each job runs in a fresh interpreter (the Windows process model).
 
 Setup runs in the computation's host process; the globals it creates or replaces are serialized and
-installed into every job's interpreter. One interpreter is kept started and loaded ahead of need, so
+installed into every job's interpreter, whatever setup returned (0, 1 or 2: there is no fork to share
+them), so only serializable globals reach jobs. One interpreter is kept started and loaded ahead of need, so
 a job waits for the computation's load only when jobs arrive faster than interpreters start.
 """
 
