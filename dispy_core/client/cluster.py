@@ -838,6 +838,9 @@ class JobCluster:
             self._on_job_file(conn, msg)
         elif isinstance(msg, m.Pulse):
             self._on_pulse(conn, msg)
+        elif isinstance(msg, m.Ping):  # a node checking that we are alive (its --zombie_interval)
+            if conn.channel is not None and not conn.channel.closed:
+                self._spawn(conn.channel.send(m.Pong(msg.req_id)))
         elif isinstance(msg, m.FileAck):
             if not msg.ok:  # an early refusal of a file still being sent
                 conn.file_errors.setdefault(msg.req_id, msg.error)
