@@ -76,6 +76,7 @@ class HostedComputation:
     cleanup_files: bool
     cpus: int = 0
     ready: bool = False
+    closing: bool = False
     running: set[int] = field(default_factory=set)
     job_files: dict[int, list[Path]] = field(default_factory=dict)
     open_files: dict[str, tuple[IO[bytes], int, int]] = field(default_factory=dict)
@@ -525,8 +526,9 @@ class NodeServer:
             await comp.channel.send(m.ComputationClosed(msg.req_id, comp.comp_id))
 
     async def _close_computation(self, comp: HostedComputation, terminate: bool) -> None:
-        if self.computations.pop(comp.comp_id, None) is None:
+        if self.computations.get(comp.comp_id) is not comp or comp.closing:
             return
+        comp.closing = True  # no new jobs; results of running ones still reach the client
         self._closing += 1
         try:
             if comp.ready:
@@ -534,6 +536,7 @@ class NodeServer:
                     await self.executor.close(comp.comp_id, terminate=terminate)
                 except (DispyError, OSError) as exc:
                     log.warning("closing computation %s: %s", comp.name, exc)
+            self.computations.pop(comp.comp_id, None)
             self._remove_files(comp)
         finally:
             self._closing -= 1
@@ -616,7 +619,7 @@ class NodeServer:
     # ------------------------------------------------------------------ jobs
     def _on_submit(self, channel: Channel, msg: m.JobSubmit) -> None:
         comp = self.computations.get(msg.comp_id)
-        if comp is None or comp.channel is not channel or not comp.ready:
+        if comp is None or comp.channel is not channel or not comp.ready or comp.closing:
             self._spawn(channel.send(m.JobRefused(msg.comp_id, msg.job_uid, "computation is not ready here")))
             return
         if self.busy >= self._cap or len(comp.running) >= comp.cpus:
