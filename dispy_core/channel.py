@@ -116,6 +116,24 @@ class Channel:
         self.tx_bytes += len(frame)
         await self.stream.write(frame)
 
+    def send_nowait(self, msg: m.Message) -> bool:
+        """Queue ``msg`` at once, in order with :meth:`send`, without waiting for the buffer to drain;
+        False if the connection is closed. For replies and results: no task per message."""
+        if self.closed:
+            return False
+        writer = getattr(self.stream, "write_nowait", None)
+        frame = self.session.send(msg)
+        self.tx_bytes += len(frame)
+        if writer is None:  # a transport without it: fall back to a task
+            task = asyncio.ensure_future(self.stream.write(frame))
+            task.add_done_callback(_ignore_result)
+            return True
+        try:
+            writer(frame)
+        except (OSError, TransportError):
+            return False
+        return True
+
     async def request(self, msg: m.Message, timeout: float) -> m.Message:
         """Send ``msg`` (which carries a fresh ``req_id``) and wait for the reply with that id."""
         req_id = msg.req_id  # type: ignore[attr-defined]
@@ -174,6 +192,11 @@ class Channel:
                 future.set_exception(error)
         self._pending.clear()
         await self.stream.close()
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _fmt(addr: Any) -> str:

@@ -30,6 +30,8 @@ class ByteStream(Protocol):
 
     async def close(self) -> None: ...
 
+    # Optional: ``write_nowait(data)`` queues without waiting (Channel.send_nowait uses it when present).
+
 
 class Listener(Protocol):
     """A listening endpoint; ``address`` is the actual (host, port) bound (port 0 resolved)."""

@@ -42,6 +42,9 @@ log = logging.getLogger("dispy")
 DEFAULT_DISPY_PORT = 9700
 FILE_CHUNK = 4 << 20
 _cluster_ids = itertools.count(1)
+PIPELINE = 2
+"""Jobs in flight per node CPU: one running and one waiting on the node, so a CPU that frees starts the
+next job at once instead of after a round trip to the client (the node queues up to ``cpus`` extra)."""
 T = TypeVar("T")
 
 # A node connection's life: connecting -> setup -> ready (-> closing -> setup -> ready: resetup) -> closed.
@@ -745,7 +748,7 @@ class JobCluster:
 
     def _node_jobs(self, spec: Any) -> list[DispyJob]:
         conn = self._find(spec)
-        return list(conn.running.values()) if conn else []
+        return [job for job in conn.running.values() if not job._prefetched] if conn else []
 
     def _set_node_cpus(self, spec: Any, cpus: int) -> int:
         conn = self._find(spec)
@@ -790,10 +793,10 @@ class JobCluster:
     def _dispatch(self) -> None:
         """Send queued jobs to nodes with free CPUs; pinned jobs first, then the scheduler's choice."""
         for conn in self._nodes.values():
-            while conn.pinned and conn.ready and conn.node.busy < conn.node.cpus:
+            while conn.pinned and conn.ready and conn.node.busy < _capacity(conn):
                 self._send_job(conn, conn.pinned.popleft())
         while self._pending:
-            loads = [NodeLoad(c.node.key, c.node.cpus, c.node.busy, c.node.jobs_done)
+            loads = [NodeLoad(c.node.key, _capacity(c), c.node.busy, c.node.jobs_done)
                      for c in self._nodes.values() if c.ready]
             choice = self.scheduler.choose(loads) if loads else None
             if choice is None:
@@ -802,15 +805,29 @@ class JobCluster:
 
     def _send_job(self, conn: _NodeConn, job: DispyJob) -> None:
         assert conn.channel is not None
+        prefetched = conn.node.busy >= conn.node.cpus
         conn.node.busy += 1
         conn.running[job._uid] = job
         job._node_key = conn.node.key
         job.ip_addr = conn.node.ip_addr
         job.start_time = time.time()
+        if prefetched:  # it waits on the node for a CPU; Running when the node says it started
+            job._prefetched = True
+        else:
+            previous = job.status
+            job.status = JobStatus.Running
+            self._notify_job(job, previous)
+        self._spawn(self._transmit(conn, conn.channel, job))
+
+    def _on_started(self, conn: _NodeConn, msg: m.JobStarted) -> None:
+        job = conn.running.get(msg.job_uid)
+        if job is None or not job._prefetched:
+            return
+        job._prefetched = False
+        job.start_time = msg.start_time
         previous = job.status
         job.status = JobStatus.Running
         self._notify_job(job, previous)
-        self._spawn(self._transmit(conn, conn.channel, job))
 
     async def _transmit(self, conn: _NodeConn, channel: Channel, job: DispyJob) -> None:
         try:
@@ -830,6 +847,8 @@ class JobCluster:
     def _handle(self, conn: _NodeConn, msg: m.Message) -> None:
         if isinstance(msg, m.JobResult):
             self._on_result(conn, msg)
+        elif isinstance(msg, m.JobStarted):
+            self._on_started(conn, msg)
         elif isinstance(msg, m.JobProvisional):
             self._on_provisional(conn, msg)
         elif isinstance(msg, m.JobRefused):
@@ -916,8 +935,8 @@ class JobCluster:
             return
         conn.node.busy -= 1
         log.debug("node %s refused job %s: %s", conn.node.ip_addr, job.id, msg.reason)
-        if msg.reason == "no free CPU":
-            conn.node.cpus = max(1, conn.node.busy)  # someone else uses the rest; learn from it
+        if msg.reason == "no free CPU":  # someone else uses some of its CPUs; learn from it
+            conn.node.cpus = max(1, min(conn.node.cpus, conn.node.busy // PIPELINE))
         job.status = JobStatus.Created
         (conn.pinned if job._pinned else self._pending).appendleft(job)
         self._after_job(conn)
@@ -947,6 +966,10 @@ class JobCluster:
         if conn is None or conn.channel is None or job._uid not in conn.running:
             return -1
         await conn.channel.send(m.JobCancel(self.comp_id, job._uid))
+        if job._prefetched:  # the node answers at once for a job still waiting there: report it done
+            deadline = time.monotonic() + self.config.msg_timeout
+            while not job.finished and job._prefetched and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
         return 0
 
     def _cancel_running(self, conn: _NodeConn, reason: str) -> None:
@@ -1029,6 +1052,13 @@ class JobCluster:
         if on_done is not None:
             task.add_done_callback(on_done)
         return task
+
+
+def _capacity(conn: _NodeConn) -> int:
+    """Jobs to keep in flight on a node: PIPELINE per CPU, unless set_node_cpus lowered the CPUs below
+    what the node granted (the node would start waiting jobs on the CPUs we gave up)."""
+    cpus = conn.node.cpus
+    return cpus * PIPELINE if cpus >= conn.max_cpus else cpus
 
 
 def _public_config() -> Any:

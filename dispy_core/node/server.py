@@ -7,6 +7,7 @@ It never runs user code and never loads user data: computations and jobs go to t
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import platform
@@ -77,6 +78,9 @@ class HostedComputation:
     cpus: int = 0
     ready: bool = False
     closing: bool = False
+    queued: collections.deque[m.JobSubmit] = field(default_factory=collections.deque)
+    """Jobs accepted while every CPU is busy (at most ``cpus`` of them): each starts the moment a CPU
+    frees, without waiting a round trip to the client. That keeps CPUs busy between jobs."""
     running: set[int] = field(default_factory=set)
     job_files: dict[int, list[Path]] = field(default_factory=dict)
     open_files: dict[str, tuple[IO[bytes], int, int]] = field(default_factory=dict)
@@ -224,6 +228,13 @@ class NodeServer:
     def _update_cap(self) -> None:
         open_ = self.accepting and not self.quitting and self.service_state is ServiceState.OPEN
         self._cap = self.cpus if open_ else 0
+        for comp in list(getattr(self, "computations", {}).values()):
+            if not comp.queued:
+                continue
+            if self._cap == 0:
+                self._drop_queued(comp, self.not_accepting_reason() or "node not accepting jobs")
+            else:
+                self._start_queued(comp)
 
     @property
     def avail_cpus(self) -> int:
@@ -397,8 +408,8 @@ class NodeServer:
     def _handle(self, channel: Channel, msg: m.Message) -> None:
         handler = self._handlers.get(type(msg))
         if handler is None:
-            self._spawn(channel.send(m.Error("unexpected", f"node does not accept {type(msg).__name__}",
-                                             getattr(msg, "req_id", 0))))
+            channel.send_nowait(m.Error("unexpected", f"node does not accept {type(msg).__name__}",
+                                             getattr(msg, "req_id", 0)))
             return
         try:
             handler(self, channel, msg)
@@ -417,7 +428,7 @@ class NodeServer:
                           avail_cpus=self.avail_cpus, platform=platform.platform(),
                           python=".".join(map(str, sys.version_info[:3])), executor=self.executor.name,
                           serializers=[self.serializer.name], avail_info=avail_info(self.dest_path_prefix))
-        self._spawn(channel.send(info))
+        channel.send_nowait(info)
 
     def pulse_fields(self) -> dict[str, Any]:
         """What each pulse reports: availability plus whatever ``dispy_pulse`` plugins add."""
@@ -441,7 +452,7 @@ class NodeServer:
             self._pulsing.discard(channel)
 
     def _on_ping(self, channel: Channel, msg: m.Ping) -> None:
-        self._spawn(channel.send(m.Pong(msg.req_id)))
+        channel.send_nowait(m.Pong(msg.req_id))
 
     def _on_pong(self, channel: Channel, msg: m.Pong) -> None:
         """A client's answer to our liveness ping: receiving it was the point."""
@@ -463,7 +474,7 @@ class NodeServer:
                 work_dir = self.dest_path_prefix / msg.comp_id
             work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except (DispyError, OSError, ValueError) as exc:
-            self._spawn(channel.send(m.ComputationReady(msg.req_id, msg.comp_id, False, error=str(exc))))
+            channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, False, error=str(exc)))
             return
         comp = HostedComputation(msg.comp_id, msg.name, channel, work_dir,
                                  cleanup_files=msg.cleanup_files or self.options.force_cleanup)
@@ -483,8 +494,8 @@ class NodeServer:
             self._pulsing.add(channel)
             self._spawn(self._pulse_loop(channel, max(0.1, float(interval))))
         log.info("computation %s (%s) from %s opened in %s", msg.name, msg.comp_id, _fmt(channel.peer), work_dir)
-        self._spawn(channel.send(m.ComputationReady(msg.req_id, msg.comp_id, True, cpus=comp.cpus,
-                                                    dest_path=str(work_dir))))
+        channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, True, cpus=comp.cpus,
+                                                    dest_path=str(work_dir)))
 
     def _executor_extra(self, options: dict[str, Any]) -> dict[str, Any]:
         extra: dict[str, Any] = {k: options[k] for k in ("source_complete", "source_modules") if k in options}
@@ -529,6 +540,7 @@ class NodeServer:
         if self.computations.get(comp.comp_id) is not comp or comp.closing:
             return
         comp.closing = True  # no new jobs; results of running ones still reach the client
+        self._drop_queued(comp, "computation closing")
         self._closing += 1
         try:
             if comp.ready:
@@ -579,10 +591,10 @@ class NodeServer:
             if entry is not None:
                 entry[0].close()
             log.warning("file %r for %s refused: %s", msg.relpath, comp.name, exc)
-            self._spawn(channel.send(m.FileAck(msg.req_id, False, str(exc))))
+            channel.send_nowait(m.FileAck(msg.req_id, False, str(exc)))
             return
         if ack:
-            self._spawn(channel.send(m.FileAck(msg.req_id, True)))
+            channel.send_nowait(m.FileAck(msg.req_id, True))
 
     def _write_chunk(self, comp: HostedComputation, msg: m.FileChunk) -> bool:
         limit = self.options.max_file_size
@@ -620,14 +632,32 @@ class NodeServer:
     def _on_submit(self, channel: Channel, msg: m.JobSubmit) -> None:
         comp = self.computations.get(msg.comp_id)
         if comp is None or comp.channel is not channel or not comp.ready or comp.closing:
-            self._spawn(channel.send(m.JobRefused(msg.comp_id, msg.job_uid, "computation is not ready here")))
+            channel.send_nowait(m.JobRefused(msg.comp_id, msg.job_uid, "computation is not ready here"))
             return
         if self.busy >= self._cap or len(comp.running) >= comp.cpus:
+            if self._cap > 0 and len(comp.queued) < comp.cpus:
+                comp.queued.append(msg)
+                return
             self._refuse(channel, msg)
             return
+        self._start(comp, msg)
+
+    def _start(self, comp: HostedComputation, msg: m.JobSubmit) -> None:
         self.busy += 1
         comp.running.add(msg.job_uid)
         self._spawn(self._submit(comp, msg))
+
+    def _start_queued(self, comp: HostedComputation) -> None:
+        while comp.queued and not comp.closing and self.busy < self._cap and len(comp.running) < comp.cpus:
+            msg = comp.queued.popleft()
+            self._start(comp, msg)
+            comp.channel.send_nowait(m.JobStarted(msg.comp_id, msg.job_uid, time.time()))
+
+    def _drop_queued(self, comp: HostedComputation, reason: str) -> None:
+        """Jobs accepted but not started: back to the client as refused, so it schedules them again."""
+        while comp.queued:
+            msg = comp.queued.popleft()
+            comp.channel.send_nowait(m.JobRefused(msg.comp_id, msg.job_uid, reason))
 
     def _refuse(self, channel: Channel, msg: m.JobSubmit) -> None:
         reason = self.not_accepting_reason() if self._cap == 0 else ""
@@ -636,7 +666,7 @@ class NodeServer:
             log.debug("job %s of %s refused: %s", msg.job_uid, msg.comp_id, reason)
             self._spawn(self._send_later(channel, refusal, REFUSAL_DELAY))
         else:
-            self._spawn(channel.send(refusal))
+            channel.send_nowait(refusal)
 
     async def _send_later(self, channel: Channel, msg: m.Message, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -653,8 +683,19 @@ class NodeServer:
 
     def _on_cancel(self, channel: Channel, msg: m.JobCancel) -> None:
         comp = self.computations.get(msg.comp_id)
-        if comp is not None and comp.channel is channel and msg.job_uid in comp.running:
+        if comp is None or comp.channel is not channel:
+            return
+        if msg.job_uid in comp.running:
             self._spawn(self.executor.cancel(msg.comp_id, msg.job_uid))
+            return
+        for queued in comp.queued:
+            if queued.job_uid == msg.job_uid:
+                comp.queued.remove(queued)
+                now = time.time()
+                channel.send_nowait(m.JobResult(msg.comp_id, msg.job_uid, int(JobStatus.Cancelled),
+                                                self._none_result, exception="Cancelled", start_time=now,
+                                                end_time=now))
+                return
 
     @property
     def _none_result(self) -> bytes:
@@ -671,9 +712,11 @@ class NodeServer:
         for path in comp.job_files.pop(job_uid, []):
             path.unlink(missing_ok=True)
         if not comp.channel.closed:
-            self._spawn(comp.channel.send(m.JobResult(
+            comp.channel.send_nowait(m.JobResult(
                 comp_id, job_uid, int(outcome.status), outcome.result, outcome.stdout, outcome.stderr,
-                outcome.exception, outcome.start_time, outcome.end_time)))
+                outcome.exception, outcome.start_time, outcome.end_time))
+        if comp.queued:
+            self._start_queued(comp)
         if self.quitting:
             self._maybe_quit()
 
@@ -698,7 +741,7 @@ class NodeServer:
     def _send_to_owner(self, comp_id: str, msg: m.Message) -> None:
         comp = self.computations.get(comp_id)
         if comp is not None and not comp.channel.closed:
-            self._spawn(comp.channel.send(msg))
+            comp.channel.send_nowait(msg)
 
     _handlers: dict[type[m.Message], Any] = {
         m.NodeInfoRequest: _on_info,

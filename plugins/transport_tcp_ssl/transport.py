@@ -192,6 +192,14 @@ class TcpStream(asyncio.Protocol):
             self._transport.resume_reading()
         return chunk
 
+    def write_nowait(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` without waiting for the send buffer to drain (order kept with ``write``)."""
+        transport = self._transport
+        if transport is None or self._lost or transport.is_closing():
+            raise TransportError(f"cannot write to {self._peer[0]}:{self._peer[1]}: connection closed"
+                                 + (f" ({self._lost_exc})" if self._lost_exc else ""))
+        transport.write(data)
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; wait only when the transport's send buffer is above its high-water mark."""
         transport = self._transport
