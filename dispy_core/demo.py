@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+from dispy_core.testing.nodes import start_node
 
 
 def count_primes(lo: int, hi: int) -> tuple[int, int, int, str]:
@@ -27,42 +28,15 @@ def count_primes(lo: int, hi: int) -> tuple[int, int, int, str]:
     return lo, hi, count, dispy_node_name  # type: ignore[name-defined]  # noqa: F821 - injected by the node
 
 
-def free_port_pair() -> int:
-    """A base port whose +1 is free on loopback (the node listens on base + 1)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if 1024 < port < 65000:
-            return port - 1
-    raise RuntimeError("no free port on 127.0.0.1")
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dispynode exited with status {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"dispynode did not listen on 127.0.0.1:{port} within {timeout} s")
-
-
 def run_demo(jobs: int = 16, executor: str = "fork") -> int:
     import dispy
 
-    base = free_port_pair()
     secret = os.urandom(12).hex()
-    prefix = tempfile.mkdtemp(prefix="dispy-demo-")
-    env = dict(os.environ, DISPY_SECRET=secret)
-    node = subprocess.Popen([sys.executable, "-m", "dispy_core.node.cli", "-i", "127.0.0.1", "-p", str(base),
-                             "--daemon", "--dest_path_prefix", prefix, "--executor", executor], env=env)
+    node = start_node(["--executor", executor], env={"DISPY_SECRET": secret},  # not on a command line
+                      prefix=Path(tempfile.mkdtemp(prefix="dispy-demo-")))
+    base = node.base_port
     try:
-        wait_for_port(base + 1, node)
-        print(f"started dispynode (pid {node.pid}) on 127.0.0.1:{base + 1} with the {executor} executor")
+        print(f"started dispynode (pid {node.proc.pid}) on 127.0.0.1:{node.port} with the {executor} executor")
         span = 40_000
         done = 0
 
@@ -88,8 +62,4 @@ def run_demo(jobs: int = 16, executor: str = "fork") -> int:
         print(f"\n{total} primes below {jobs * span:,}, computed by {jobs} jobs in {elapsed:.2f} s")
         return 1 if failures else 0
     finally:
-        node.terminate()
-        try:
-            node.wait(15)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        node.stop()
