@@ -150,6 +150,9 @@ class ExecutorEvents(Protocol):
 
     def job_done(self, comp_id: str, job_uid: int, outcome: JobOutcome) -> None: ...
 
+    # Optional: ``node_shutdown(comp_id)``, when the computation's setup, cleanup or a job called
+    # ``dispynode_shutdown()``; executors call it only if the events object has it.
+
 
 @runtime_checkable
 class JobExecutor(Protocol):
