@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import os
 import platform
@@ -78,7 +79,7 @@ class HostedComputation:
     cpus: int = 0
     ready: bool = False
     closing: bool = False
-    queued: collections.deque[m.JobSubmit] = field(default_factory=collections.deque)
+    queued: collections.deque[tuple[int, m.JobSubmit]] = field(default_factory=collections.deque)
     """Jobs accepted while every CPU is busy (at most ``cpus`` of them): each starts the moment a CPU
     frees, without waiting a round trip to the client. That keeps CPUs busy between jobs."""
     running: set[int] = field(default_factory=set)
@@ -164,6 +165,7 @@ class NodeServer:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pulsing: set[Channel] = set()
+        self._arrivals = itertools.count()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> tuple[str, int]:
@@ -228,13 +230,13 @@ class NodeServer:
     def _update_cap(self) -> None:
         open_ = self.accepting and not self.quitting and self.service_state is ServiceState.OPEN
         self._cap = self.cpus if open_ else 0
-        for comp in list(getattr(self, "computations", {}).values()):
-            if not comp.queued:
-                continue
-            if self._cap == 0:
+        if not hasattr(self, "computations"):
+            return  # still in __init__
+        if self._cap == 0:
+            for comp in list(self.computations.values()):
                 self._drop_queued(comp, self.not_accepting_reason() or "node not accepting jobs")
-            else:
-                self._start_queued(comp)
+        else:
+            self._start_queued()
 
     @property
     def avail_cpus(self) -> int:
@@ -636,7 +638,7 @@ class NodeServer:
             return
         if self.busy >= self._cap or len(comp.running) >= comp.cpus:
             if self._cap > 0 and len(comp.queued) < comp.cpus:
-                comp.queued.append(msg)
+                comp.queued.append((next(self._arrivals), msg))
                 return
             self._refuse(channel, msg)
             return
@@ -647,16 +649,23 @@ class NodeServer:
         comp.running.add(msg.job_uid)
         self._spawn(self._submit(comp, msg))
 
-    def _start_queued(self, comp: HostedComputation) -> None:
-        while comp.queued and not comp.closing and self.busy < self._cap and len(comp.running) < comp.cpus:
-            msg = comp.queued.popleft()
-            self._start(comp, msg)
-            comp.channel.send_nowait(m.JobStarted(msg.comp_id, msg.job_uid, time.time()))
+    def _start_queued(self) -> None:
+        """Start waiting jobs while CPUs are free, the oldest first across every computation (a CPU freed
+        by one computation may be the one another computation's job waits for)."""
+        while self.busy < self._cap:
+            ready = [c for c in self.computations.values()
+                     if c.queued and not c.closing and len(c.running) < c.cpus]
+            if not ready:
+                return
+            chosen = min(ready, key=lambda c: c.queued[0][0])
+            _, msg = chosen.queued.popleft()
+            self._start(chosen, msg)
+            chosen.channel.send_nowait(m.JobStarted(msg.comp_id, msg.job_uid, time.time()))
 
     def _drop_queued(self, comp: HostedComputation, reason: str) -> None:
         """Jobs accepted but not started: back to the client as refused, so it schedules them again."""
         while comp.queued:
-            msg = comp.queued.popleft()
+            _, msg = comp.queued.popleft()
             comp.channel.send_nowait(m.JobRefused(msg.comp_id, msg.job_uid, reason))
 
     def _refuse(self, channel: Channel, msg: m.JobSubmit) -> None:
@@ -689,7 +698,7 @@ class NodeServer:
             self._spawn(self.executor.cancel(msg.comp_id, msg.job_uid))
             return
         for queued in comp.queued:
-            if queued.job_uid == msg.job_uid:
+            if queued[1].job_uid == msg.job_uid:
                 comp.queued.remove(queued)
                 now = time.time()
                 channel.send_nowait(m.JobResult(msg.comp_id, msg.job_uid, int(JobStatus.Cancelled),
@@ -715,8 +724,7 @@ class NodeServer:
             comp.channel.send_nowait(m.JobResult(
                 comp_id, job_uid, int(outcome.status), outcome.result, outcome.stdout, outcome.stderr,
                 outcome.exception, outcome.start_time, outcome.end_time))
-        if comp.queued:
-            self._start_queued(comp)
+        self._start_queued()
         if self.quitting:
             self._maybe_quit()
 

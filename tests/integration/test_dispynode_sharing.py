@@ -94,3 +94,23 @@ def test_killed_node_restarts_on_the_same_port_and_prefix(node_factory: Factory,
         assert cleaned.proc.poll() is None
     finally:
         cluster.close(timeout=5, terminate=True)
+
+
+def test_waiting_jobs_of_every_computation_start_when_a_cpu_frees(node_factory: Factory) -> None:
+    """A CPU freed by one computation starts the oldest job waiting on the node, whichever computation
+    it belongs to (jobs queue on the node while every CPU is busy)."""
+    node = node_factory("--cpus", "1")
+    first = dispy.JobCluster(where, nodes=[node.host], dispy_port=node.base_port)
+    second = dispy.JobCluster(where, nodes=[node.host], dispy_port=node.base_port)
+    try:
+        jobs_a = [first.submit(0.5) for _ in range(2)]
+        deadline = time.monotonic() + 20
+        while not all(j is not None and j._node_key for j in jobs_a) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        job_b = second.submit(0.1)
+        assert job_b is not None
+        assert job_b(timeout=20) is not None, "the other computation's waiting job never started"
+        assert all(job is not None and job(timeout=20) is not None for job in jobs_a)
+    finally:
+        first.close(timeout=5, terminate=True)
+        second.close(timeout=5, terminate=True)
