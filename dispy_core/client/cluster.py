@@ -811,9 +811,8 @@ class JobCluster:
         job._node_key = conn.node.key
         job.ip_addr = conn.node.ip_addr
         job.start_time = time.time()
-        if prefetched:  # it waits on the node for a CPU; Running when the node says it started
-            job._prefetched = True
-        else:
+        job._prefetched = prefetched  # if so, it waits on the node for a CPU: Running once the node starts it
+        if not prefetched:
             previous = job.status
             job.status = JobStatus.Running
             self._notify_job(job, previous)
