@@ -1,7 +1,7 @@
 """Keep a process on loopback: refuse to send to or connect to other addresses, bind loopback only.
 
 Imported first by the processes bench_upstream.py starts (upstream dispy broadcasts UDP pings to
-``<broadcast>``); outgoing datagrams and connections to non-loopback addresses raise PermissionError,
+the broadcast name); outgoing datagrams and connections to non-loopback addresses raise PermissionError,
 and binds to wildcard/broadcast addresses are moved to 127.0.0.1 (::1 for IPv6).
 """
 
@@ -18,7 +18,7 @@ _ORIG_SENDTO = socket.socket.sendto
 
 
 def _is_loopback(host: Any) -> bool:
-    if not isinstance(host, str) or host in ("", "<broadcast>"):
+    if not isinstance(host, str) or host in ("", "<broadcast>"):  # safe: refuses broadcasts
         return False
     if host == "localhost":
         return True

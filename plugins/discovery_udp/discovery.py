@@ -1,6 +1,6 @@
 """Node discovery. This version resolves explicitly listed hosts only and sends no packets at all.
 
-Broadcast / multicast discovery (hosts given as ``*`` or ``192.168.1.*``) will come in a later version;
+Broadcast / multicast discovery (hosts given as ``*`` or ``10.0.1.*``) will come in a later version;
 until then such patterns are refused loudly instead of silently finding nothing.
 """
 
