@@ -12,6 +12,7 @@ import pytest
 
 import dispy
 from dispy_core.testing.nodes import NodeProcess
+from dispy_core.testing.waiting import wait_for
 
 Factory = Callable[..., NodeProcess]
 
@@ -51,15 +52,6 @@ def ignores_interrupt(seconds: float) -> str:
     time.sleep(seconds)
     return "not cancelled"
 
-
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def cluster_for(node: NodeProcess, computation: Any, **kwargs: Any) -> dispy.JobCluster:

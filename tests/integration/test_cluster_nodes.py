@@ -14,12 +14,12 @@ import pytest
 import dispy
 from dispy_core.errors import ConfigError
 from dispy_core.testing.nodes import NodeProcess, free_base_port
+from dispy_core.testing.waiting import wait_for
 
 Factory = Callable[..., NodeProcess]
 
 
 def nap(seconds: float) -> str:
-    import time
 
     time.sleep(seconds)
     return dispy_node_name  # type: ignore[name-defined] # noqa: F821
@@ -75,15 +75,6 @@ class Recorder:
     def count(self, status: int) -> int:
         return self.statuses().count(status)
 
-
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def ready(cluster: dispy.JobCluster, count: int = 1) -> list[dispy.DispyNode]:
