@@ -28,7 +28,10 @@ for version in 3.11 3.12 3.13; do
   ovenv=".venv-$version"
   [ -x "$ovenv/bin/python" ] || "$other" -m venv "$ovenv"
   "$ovenv/bin/python" -m pip install -q --upgrade pip setuptools wheel
-  "$ovenv/bin/python" -m pip install -q -e .
+  "$ovenv/bin/python" -m pip install -q -e ".[test]"
+  for plugin in contrib/*/; do
+    "$ovenv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$plugin"
+  done
   others+=("$PWD/$ovenv/bin/python")
 done
 export DISPY_TEST_OTHER_PYTHONS="$(IFS=,; echo "${others[*]:-}")"
@@ -37,3 +40,11 @@ echo "other Pythons for cross-version tests: ${DISPY_TEST_OTHER_PYTHONS:-none}"
 "$VENV/bin/ruff" check dispy dispy_core plugins tests bench contrib
 "$VENV/bin/mypy"
 "$VENV/bin/python" -m pytest "$@"
+
+# The unit and conformance tests on the other Pythons too (the integration tests above already run
+# nodes on them): what broke the original on each new Python shows up here.
+for other in "${others[@]:-}"; do
+  [ -n "$other" ] || continue
+  echo "unit and conformance tests on $("$other" --version)"
+  "$other" -m pytest -q -p no:cacheprovider tests/unit tests/conformance
+done
