@@ -816,7 +816,10 @@ class JobCluster:
             previous = job.status
             job.status = JobStatus.Running
             self._notify_job(job, previous)
-        self._spawn(self._transmit(conn, conn.channel, job))
+        if job._files:  # its files go first: a task, as they are streamed in chunks
+            self._spawn(self._transmit(conn, conn.channel, job))
+        elif not conn.channel.send_nowait(m.JobSubmit(self.comp_id, job._uid, job._payload, [])):
+            self._send_failed(conn, job, conn.channel.close_reason or "connection closed")
 
     def _on_started(self, conn: _NodeConn, msg: m.JobStarted) -> None:
         job = conn.running.get(msg.job_uid)
@@ -837,11 +840,14 @@ class JobCluster:
             await channel.send(m.JobSubmit(self.comp_id, job._uid, job._payload,
                                            [relpath for _, relpath in job._files]))
         except (DispyError, OSError, ValueError) as exc:
-            if conn.running.pop(job._uid, None) is not None:
-                conn.node.busy -= 1
-                job.exception = f"could not send job to {conn.node.ip_addr}: {exc}"
-                self._job_final(job, JobStatus.Cancelled)
-                self._after_job(conn)
+            self._send_failed(conn, job, str(exc))
+
+    def _send_failed(self, conn: _NodeConn, job: DispyJob, reason: str) -> None:
+        if conn.running.pop(job._uid, None) is not None:
+            conn.node.busy -= 1
+            job.exception = f"could not send job to {conn.node.ip_addr}: {reason}"
+            self._job_final(job, JobStatus.Cancelled)
+            self._after_job(conn)
 
     def _handle(self, conn: _NodeConn, msg: m.Message) -> None:
         if isinstance(msg, m.JobResult):
@@ -858,7 +864,7 @@ class JobCluster:
             self._on_pulse(conn, msg)
         elif isinstance(msg, m.Ping):  # a node checking that we are alive (its --zombie_interval)
             if conn.channel is not None and not conn.channel.closed:
-                self._spawn(conn.channel.send(m.Pong(msg.req_id)))
+                conn.channel.send_nowait(m.Pong(msg.req_id))
         elif isinstance(msg, m.FileAck):
             if not msg.ok:  # an early refusal of a file still being sent
                 conn.file_errors.setdefault(msg.req_id, msg.error)
