@@ -75,6 +75,18 @@ class _NodeConn:
         self.ready = self.state == READY and self.allocated
 
 
+def check_jobs_per_process(value: Any) -> int:
+    """``jobs_per_process`` (an extension; like ``multiprocessing.Pool``'s ``maxtasksperchild``).
+
+    1, the default, is the original's model: every job in a fresh process, so nothing a job does to
+    its globals reaches another job. N > 1 lets one job process run up to N jobs of this computation
+    in turn: far less CPU per tiny job, but a job sees what earlier jobs in its process left behind.
+    """
+    if type(value) is not int or value < 1:
+        raise ValueError(f"jobs_per_process must be an integer of at least 1, not {value!r}")
+    return value
+
+
 class JobCluster:
     """Runs ``computation`` on the given nodes; see the client API reference for every parameter."""
 
@@ -85,7 +97,8 @@ class JobCluster:
                  ping_interval: float | None = None, pulse_interval: float | None = None,
                  reentrant: bool = False, secret: str = "", keyfile: str | None = None,
                  certfile: str | None = None, recover_file: str | None = None, **extra: Any) -> None:
-        unknown = set(extra) - {"cafile", "setup_timeout", "msg_timeout", "poll_interval", "plugins"}
+        unknown = set(extra) - {"cafile", "setup_timeout", "msg_timeout", "poll_interval", "plugins",
+                                "jobs_per_process"}
         if unknown:
             raise TypeError(f"JobCluster got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         tune_malloc()
@@ -123,6 +136,7 @@ class JobCluster:
         self._cleanup_files = cleanup is not False
         self.dest_path = dest_path
         self.setup_timeout = float(extra.get("setup_timeout", 600.0))
+        self.jobs_per_process = check_jobs_per_process(extra.get("jobs_per_process", 1))
         if pulse_interval is not None and not (isinstance(pulse_interval, int | float)
                                                 and 1 <= pulse_interval <= 600):
             raise ValueError(f"pulse_interval must be a number of seconds between 1 and 600, not {pulse_interval!r}")
@@ -508,6 +522,8 @@ class JobCluster:
             options["source_complete"] = True
         if self._pkg.source_modules:
             options["source_modules"] = self._pkg.source_modules
+        if self.jobs_per_process > 1:
+            options["jobs_per_process"] = self.jobs_per_process
         return options
 
     async def _send_file(self, conn: _NodeConn, channel: Channel, dep: FileDepend, job_uid: int) -> None:

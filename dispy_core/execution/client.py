@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import Any
 
-from dispy_core.errors import ExecutionError, SetupError
+from dispy_core.errors import ConfigError, ExecutionError, SetupError
 from dispy_core.execution import ipc, proctree
 from dispy_core.execution.namespace import CompInfo
 from dispy_core.interfaces import ComputationSpec, ExecutorEvents, JobOutcome
@@ -25,6 +25,8 @@ from dispy_core.status import JobStatus
 logger = logging.getLogger("dispy.node.executor")
 
 _STATUSES = frozenset(int(s) for s in JobStatus)
+DEFAULT_SPARES = {"fork": 8, "spawn": 2}
+"""Job processes a host keeps started ahead of need: forks are cheap to keep, interpreters are not."""
 CANCEL_GRACE = 5.0
 """Seconds a cancelled job has to end after its KeyboardInterrupt (the node passes no other value)."""
 _EXIT_GRACE = 1.0  # after the host exits, how long its pipe may stay open (a leaked fd) before we give up
@@ -211,7 +213,7 @@ class HostExecutor:
     Subclasses pick ``mode``: "fork" (jobs fork from the host) or "spawn" (a fresh interpreter per job).
     Settings read from the node config: ``executor.max_frame`` (bytes, default 256 MiB),
     ``executor.start_timeout`` (seconds a host may take to load the computation, default 60) and
-    ``executor.<mode>.spares`` (job processes kept started ahead of need, default 2).
+    ``executor.<mode>.spares`` (job processes kept started ahead of need, default 8 forked or 2 spawned).
     """
 
     name = "host"
@@ -222,7 +224,11 @@ class HostExecutor:
         default_max = ipc.DEFAULT_MAX_FRAME
         self.max_frame = int(get("executor.max_frame", default_max)) if get else default_max
         self.start_timeout = float(get("executor.start_timeout", 60.0)) if get else 60.0
-        self.spares = int(get(f"executor.{self.mode}.spares", 2)) if get else 2
+        default = DEFAULT_SPARES[self.mode]
+        spares = get(f"executor.{self.mode}.spares", default) if get else default
+        if type(spares) is not int or spares < 1:
+            raise ConfigError(f"executor.{self.mode}.spares must be an integer of at least 1, not {spares!r}")
+        self.spares = spares
         self._links: dict[str, _HostLink] = {}
 
     async def open(self, spec: ComputationSpec, events: ExecutorEvents) -> None:

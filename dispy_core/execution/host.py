@@ -61,12 +61,17 @@ REPORT_AFTER_KILL = 2.0
 
 SETUP_RESULTS = (0, 1, 2)
 
+DEFAULT_SPARES = 8
+REFILL_BURST = 0.003
+"""Job processes kept started ahead of need, unless the node says (``executor.<mode>.spares``)."""
+
 
 class _Proc:
-    """A job process: first an idle spare waiting for its job's arguments, then the job itself."""
+    """A job process: an idle spare waiting for a job's arguments, then running that job; with
+    ``jobs_per_process`` above 1, a spare again after each job until it has run that many."""
 
     __slots__ = ("uid", "pid", "pipe", "wfd", "popen", "reader", "result", "cancelled", "status", "start",
-                 "procs", "bad", "reported", "token")
+                 "procs", "bad", "reported", "token", "runs")
 
     def __init__(self, pid: int, pipe: int, wfd: int, max_frame: int, popen: Any = None) -> None:
         self.uid = -1  # -1 while a spare
@@ -83,6 +88,14 @@ class _Proc:
         self.bad = ""
         self.reported = False
         self.token = ""  # proctree.job_token: in the environment the process started with
+        self.runs = 0  # jobs handed to this process so far
+
+    def recycle(self) -> None:
+        """Its job is reported and the process waits for the next one: forget the job."""
+        self.uid = -1
+        self.result = None
+        self.reported = False
+        self.procs = []
 
 
 class _ExitWatch:
@@ -176,6 +189,8 @@ class Host:
         self.spares: list[_Proc] = []
         self.spares_wanted = 0  # set once the computation is ready
         self.spares_target = 0
+        self.spares_low = 0  # refill only once this few are left (see refilling)
+        self.jobs_per_process = 1
         self.deferred: dict[int, dict[str, Any]] = {}  # job uid -> its "started" header, not sent yet
         self.fds: set[int] = {ctl_in, ctl_out}  # what a forked job must close first
         self.setup_result: int | None = None
@@ -191,14 +206,10 @@ class Host:
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
-            refill = len(self.spares) < self.spares_wanted and not self.closing
+            refill = self.refilling and not self.closing
             ready = self.sel.select(0 if refill else timeout)
             if refill and not ready:  # idle: start the next job's process now, not when a job waits for it
-                spare = self._new_spare()
-                if spare is None:
-                    self.spares_wanted = len(self.spares)  # try again at the next submit
-                else:
-                    self.spares.append(spare)
+                self._refill()
                 continue
             for key, _events in ready:
                 key.data()
@@ -206,6 +217,36 @@ class Host:
             while self.timers and self.timers[0][0] <= now:
                 heapq.heappop(self.timers)[2]()
         self._retire_spares()
+
+    @property
+    def refilling(self) -> bool:
+        """Whether to start spares at the next idle moment (no event waiting).
+
+        Spares are started in bursts, from ``spares_low`` back up to ``spares_wanted``: every fork
+        write-protects all of this process's pages, so the first write to each page afterwards faults;
+        forks back to back pay those faults (and disturb results passing through) once per burst.
+        """
+        count = len(self.spares)
+        if count <= self.spares_low:
+            self._bursting = True
+        elif count >= self.spares_wanted:
+            self._bursting = False
+        return self._bursting and count < self.spares_wanted
+
+    _bursting = False
+
+    def _refill(self) -> None:
+        """Fork spares back to back for up to ``REFILL_BURST`` seconds (at least one), then look at events
+        again: a large host, slow to fork, still answers between forks."""
+        deadline = time.monotonic() + REFILL_BURST
+        while len(self.spares) < self.spares_wanted:
+            spare = self._new_spare()
+            if spare is None:
+                self.spares_wanted = len(self.spares)  # try again at the next submit
+                return
+            self.spares.append(spare)
+            if time.monotonic() >= deadline:
+                return
 
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self.timers, (time.monotonic() + delay, next(self._seq), fn))
@@ -309,7 +350,10 @@ class Host:
             gc.freeze()  # forked jobs then share the host's pages instead of touching them
         del before
         self.send({"op": "ready"})
-        self.spares_wanted = self.spares_target = int(info.extra.get("spares", 2))
+        self.jobs_per_process = namespace.jobs_per_process(info)
+        target = info.extra.get("spares", DEFAULT_SPARES)
+        self.spares_wanted = self.spares_target = target if type(target) is int and target >= 1 else 1
+        self.spares_low = self.spares_target // 4
 
     def _setup_failed(self, reason: str) -> None:
         logger.warning("computation setup failed: %s", reason.rstrip())
@@ -388,14 +432,11 @@ class Host:
                         interrupted = isinstance(exc, KeyboardInterrupt)
                         error = ("cannot install setup's globals in the job process:\n"
                                  f"{runtime.format_exception(exc, 0)}")
-                frame = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME).read()
-                if frame is not None:
-                    channel = runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame,
-                                                 self.max_file_size)
-                    if error:
-                        runtime.report_failure(channel, error, interrupted)
-                    else:
-                        runtime.run_job(info.kind, self.fn, info.program, frame[1][0], channel)
+                reader = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME)
+                channel = runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame,
+                                             self.max_file_size)
+                runtime.serve_jobs(reader, channel, info.kind, self.fn, info.program, self.jobs_per_process,
+                                   error, interrupted)
             finally:
                 os._exit(0)
         os.close(r_args)
@@ -459,13 +500,16 @@ class Host:
             self.send({"op": "done", "uid": uid, "status": int(JobStatus.Terminated), "exc": reason,
                        "t0": now, "t1": now}, [b"", b"", b""])
             return
-        self._close_fd(proc.wfd)
-        proc.wfd = -1
+        proc.runs += 1
+        if proc.runs >= self.jobs_per_process:  # its last job: the end of its input tells it so too
+            self._close_fd(proc.wfd)
+            proc.wfd = -1
         proc.uid = uid
         proc.start = time.time()
         self.jobs[uid] = proc
-        os.set_blocking(proc.pipe, False)
-        self.sel.register(proc.pipe, selectors.EVENT_READ, lambda: self._on_pipe(proc))
+        if proc.runs == 1:
+            os.set_blocking(proc.pipe, False)
+            self.sel.register(proc.pipe, selectors.EVENT_READ, lambda: self._on_pipe(proc))
         self.send_started(uid, proc.pid, proc.start)
         self.spares_wanted = self.spares_target
 
@@ -491,6 +535,10 @@ class Host:
     def _job_data(self, proc: _Proc, data: bytes) -> None:
         if proc.bad or proc.reported:
             return
+        if proc.uid < 0:  # a reused process wrote between jobs (a thread its last job left running)
+            proc.bad = "the job process wrote between jobs"
+            self._retire(proc)
+            return
         try:
             frames = proc.reader.feed(data)
         except ipc.IPCError as exc:
@@ -501,6 +549,11 @@ class Host:
             op = header.get("op")
             if op == "result":
                 proc.result = (header, blobs)
+                if proc.wfd >= 0 and not proc.cancelled:  # jobs_per_process: it waits for the next job
+                    self._report(proc)
+                    proc.recycle()
+                    self.spares.insert(0, proc)  # warm: its pages are already its own
+                    return
                 self._close_pipe(proc)
                 self._report(proc)  # at once: the process's own teardown need not delay the result
                 return
@@ -601,15 +654,20 @@ class Host:
                 proc.cancelled = True
                 proctree.kill_tree(proc.pid, proctree.job_processes(proc.pid, proc.token, proc.procs))
 
+    def _retire(self, spare: _Proc) -> None:
+        """End an idle job process (and anything it left running)."""
+        if spare in self.spares:
+            self.spares.remove(spare)
+        if spare.status is None:
+            if spare.wfd >= 0:  # end of its argument stream: it would exit by itself
+                self._close_fd(spare.wfd)
+                spare.wfd = -1
+            proctree.kill_tree(spare.pid)
+
     def _retire_spares(self) -> None:
         self.spares_wanted = 0
-        spares, self.spares = self.spares, []
-        for spare in spares:
-            if spare.status is None:
-                if spare.wfd >= 0:  # end of its argument stream: it would exit by itself
-                    self._close_fd(spare.wfd)
-                    spare.wfd = -1
-                proctree.kill_tree(spare.pid)
+        for spare in list(self.spares):
+            self._retire(spare)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """A spawned job process (the Windows model): ``python -m dispy_core.execution.jobmain``.
 
 Started ahead of need by the host as a spare: it reads the ``init`` frame (computation, depends,
-setup's globals) and prepares its namespace while idle, then waits for one ``run`` frame, runs that
-job, writes its frames to stdout's original pipe and exits.
+setup's globals) and prepares its namespace while idle, then waits for a ``run`` frame, runs that
+job, writes its frames to stdout's original pipe and exits (or, with ``jobs_per_process`` above 1,
+waits for the next job, up to that many).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main() -> int:
     info = namespace.CompInfo.from_frame(header, blobs[:5])
     serializer: Any = None
     fn: Any = None
-    error = ""
+    error, interrupted = "", False
     try:
         serializer = namespace.load_serializer(info)
         ns = namespace.install_user_main()
@@ -39,20 +40,15 @@ def main() -> int:
         fn = namespace.load_computation(info, serializer, ns)
         namespace.install_setup_globals(blobs[5] if len(blobs) > 5 else b"", serializer, ns)
         namespace.inject_globals(info, ns, fn)
-    except BaseException as exc:
+    except BaseException as exc:  # a cancel's KeyboardInterrupt while still loading: Cancelled, not failed
+        interrupted = isinstance(exc, KeyboardInterrupt)
         error = (f"cannot load computation {info.name!r} in the job process:\n"
                  f"{runtime.format_exception(exc, 0)}")
-    run = reader.read()
-    if run is None:  # an unused spare being retired
-        return 0
-    _run_header, run_blobs = run
     limit = info.extra.get("max_file_size", 0)
     channel = runtime.JobChannel(ctl_out, serializer or pickle, info.work_dir, info.max_frame,
                                  limit if type(limit) is int and limit > 0 else 0)
-    if error:
-        runtime.report_failure(channel, error)
-    else:
-        runtime.run_job(info.kind, fn, info.program, run_blobs[0], channel)
+    runtime.serve_jobs(reader, channel, info.kind, fn, info.program, namespace.jobs_per_process(info), error,
+                       interrupted)
     return 0
 
 

@@ -68,6 +68,12 @@ class CompInfo:
         return cls(**fields)
 
 
+def jobs_per_process(info: CompInfo) -> int:
+    """How many jobs one job process runs before it exits (the node checked the client's value)."""
+    value = info.extra.get("jobs_per_process", 1)
+    return value if type(value) is int and value >= 1 else 1
+
+
 def install_user_main() -> dict[str, Any]:
     """A fresh ``__main__`` module for user code (the host's own module must not leak into it)."""
     module = types.ModuleType("__main__")

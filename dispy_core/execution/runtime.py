@@ -6,6 +6,7 @@ sends) and, last, ``result``. It never returns into the host's loop: the caller 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import select
@@ -182,6 +183,47 @@ def run_job(kind: str, fn: Any, program: str, args_blob: bytes, channel: JobChan
                       exc=f"job result too large: {sum(len(b) for b in blobs)} bytes exceed the frame bound "
                           f"of {channel.max_frame} bytes")
         channel.send(header, [_none(channel), b"", b""])
+
+
+def warm_up(channel: JobChannel) -> None:
+    """Walk a job's path once with nothing in it, while this process is still an idle spare.
+
+    A forked process shares its parent's pages until it writes to them; the first write to each costs
+    a page fault and a copy. Taking them now, for the objects every job touches (serializer, output
+    capture, frame encoding), keeps them out of the next job's latency.
+    """
+    try:
+        out = io.StringIO()
+        out.write("")
+        _capped(out.getvalue())
+        args, kwargs = channel.serializer.loads(channel.serializer.dumps(((0,), {})))
+        ipc.encode({"op": "result", "ok": True, "interrupted": False, "exc": "", "t0": time.time(),
+                    "t1": time.time()}, [channel.serializer.dumps(args), b"", b""])
+    except Exception:  # only an optimisation: the job itself will meet any real problem
+        pass
+
+
+def serve_jobs(reader: Any, channel: JobChannel, kind: str, fn: Any, program: str, jobs: int,
+               error: str = "", interrupted: bool = False) -> None:
+    """Run up to ``jobs`` jobs, one at a time, as their ``run`` frames arrive; return at end of stream.
+
+    ``jobs`` is the computation's ``jobs_per_process`` (1: a fresh process per job, the original's
+    model). Every job after the first starts in the computation's directory again, wherever the one
+    before it went; anything else it changed (globals, modules, open files) the next job sees.
+    ``error``: this process could not prepare, so every job it is given fails with that reason.
+    """
+    warm_up(channel)
+    for done in range(max(1, jobs)):
+        frame = reader.read()
+        if frame is None:
+            return
+        if done:
+            with contextlib.suppress(OSError):
+                os.chdir(channel.work_dir)
+        if error:
+            report_failure(channel, error, interrupted)
+        else:
+            run_job(kind, fn, program, frame[1][0], channel)
 
 
 def report_failure(channel: JobChannel, reason: str, interrupted: bool = False) -> None:

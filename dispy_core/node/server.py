@@ -27,7 +27,7 @@ import psutil
 from dispy_core import __version__
 from dispy_core.channel import Channel, _fmt
 from dispy_core.config import Config
-from dispy_core.errors import DispyError, ExecutionError, ProtocolError, SetupError, UnsafePathError
+from dispy_core.errors import ConfigError, DispyError, ExecutionError, ProtocolError, SetupError, UnsafePathError
 from dispy_core.interfaces import ByteStream, ComputationSpec, JobExecutor, JobOutcome, Listener
 from dispy_core.node.service import ServiceState, ServiceWindow, minute_of_day
 from dispy_core.paths import check_relpath, safe_join
@@ -39,6 +39,8 @@ log = logging.getLogger("dispy.node")
 
 FILE_CHUNK = 4 << 20
 REFUSAL_DELAY = 1.0
+MAX_JOBS_PER_PROCESS = 100_000
+"""Default bound on a client's ``jobs_per_process`` (node config ``executor.max_jobs_per_process``)."""
 """Seconds a node that accepts no jobs (stopped, outside its service window, quitting) holds a refusal:
 the client re-queues a refused job at once, so this bounds the refusals to one per job per second."""
 
@@ -144,6 +146,10 @@ class NodeServer:
         self._serializer_class = f"{cls.__module__}:{cls.__qualname__}"
         self.executor: JobExecutor = self.plugins.make_executor()
         self.cpus = resolve_cpus(options.cpus)
+        limit = self.config.get("executor.max_jobs_per_process", MAX_JOBS_PER_PROCESS)
+        if type(limit) is not int or limit < 1:
+            raise ConfigError(f"executor.max_jobs_per_process must be an integer of at least 1, not {limit!r}")
+        self.max_jobs_per_process = limit  # 1: every job in a fresh process, whatever clients ask
         self.name = options.name or socket.gethostname()
         self.host = options.host or default_host()
         prefix = options.dest_path_prefix or os.path.join(
@@ -506,6 +512,9 @@ class NodeServer:
             extra["init_file"] = self.options.init_file
         if self.options.max_file_size:
             extra["max_file_size"] = self.options.max_file_size  # dispy_send_file refuses larger files
+        wanted = options.get("jobs_per_process", 1)
+        if type(wanted) is int and wanted > 1:
+            extra["jobs_per_process"] = min(wanted, self.max_jobs_per_process)
         return extra
 
     def _on_setup(self, channel: Channel, msg: m.ComputationSetup) -> None:
