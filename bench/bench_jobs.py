@@ -141,8 +141,10 @@ def progress(text: str) -> None:
 class DispyContender:
     """dispy's JobCluster against one dispynode (``NODE_CPUS`` CPUs, the given executor) on loopback."""
 
-    def __init__(self, executor: str) -> None:
+    def __init__(self, executor: str, jobs_per_process: int = 1) -> None:
         self.executor = executor
+        self.jobs_per_process = jobs_per_process
+        self.name = f"dispy[{executor}]" if jobs_per_process == 1 else f"dispy[{executor},jpp={jobs_per_process}]"
         self.prefix = Path(tempfile.mkdtemp(prefix="dispy-bench-"))
         self.node: NodeProcess | None = None
 
@@ -158,11 +160,12 @@ class DispyContender:
 
     def cluster(self, compute: Callable[..., Any]) -> dispy.JobCluster:
         assert self.node is not None
+        extra = {"jobs_per_process": self.jobs_per_process} if self.jobs_per_process > 1 else {}
         return dispy.JobCluster(compute, nodes=["127.0.0.1"], host="127.0.0.1", dispy_port=self.node.base_port,
-                                secret=SECRET, loglevel=logging.WARNING)
+                                secret=SECRET, loglevel=logging.WARNING, **extra)
 
     def run(self, sizes: Sizes) -> Result:
-        result = Result(f"dispy[{self.executor}]")
+        result = Result(self.name)
         node = self.start()
         node_proc = psutil.Process(node.proc.pid)
         with quiet_dispy():
@@ -434,12 +437,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-jobs", type=int, default=None, help="jobs with a 1 MiB argument (default 100)")
     parser.add_argument("--executor", default="fork" if os.name == "posix" else "spawn",
                         help="dispynode executor(s): fork, spawn or a comma list such as fork,spawn")
+    parser.add_argument("--jobs-per-process", default="1,1000",
+                        help="JobCluster jobs_per_process value(s) to measure, a comma list (default 1,1000: "
+                             "a fresh process per job, the default, and reused job processes)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CI smoke run")
     parser.add_argument("--no-baseline", action="store_true", help="skip ProcessPoolExecutor")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "last.json", help="where to write results")
     args = parser.parse_args(argv)
     if any(n is not None and n < 1 for n in (args.jobs, args.latency_jobs, args.big_jobs)):
         parser.error("job counts must be at least 1")
+    try:
+        args.jpp = [int(v) for v in args.jobs_per_process.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--jobs-per-process takes integers, not {args.jobs_per_process!r}")
+    if not args.jpp or min(args.jpp) < 1:
+        parser.error("--jobs-per-process values must be at least 1")
     return args
 
 
@@ -459,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info['cpu_count']} CPUs ({info['cpu_model']}), Python {info['python']} "
           f"({info['implementation']}), {info['platform']}; dispy {info['dispy_version']}")
     print(f"sizes: {sizes.jobs} tiny jobs, {sizes.latency_jobs} sequential jobs, {sizes.big_jobs} x "
-          f"{sizes.big_bytes // 1024} KiB args; node: {NODE_CPUS} CPUs on 127.0.0.1; executors: {', '.join(executors)}")
+          f"{sizes.big_bytes // 1024} KiB args; node: {NODE_CPUS} CPUs on 127.0.0.1; "
+          f"executors: {', '.join(executors)}; jobs_per_process: {', '.join(map(str, args.jpp))}")
     sys.stdout.flush()
 
     baseline: Result | None = None
@@ -471,15 +484,16 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
     contenders: list[Result] = []
     for executor in executors:
-        contender = DispyContender(executor)
-        try:
-            contenders.append(contender.run(sizes))
-        except Exception as exc:  # noqa: BLE001 - reported in the output
-            traceback.print_exc()
-            log_tail = contender.node.log()[-2000:] if contender.node is not None else ""
-            contenders.append(Result(f"dispy[{executor}]", errors=[f"crashed: {exc!r}", log_tail]))
-        finally:
-            contender.stop()
+        for jpp in args.jpp:
+            contender = DispyContender(executor, jpp)
+            try:
+                contenders.append(contender.run(sizes))
+            except Exception as exc:  # noqa: BLE001 - reported in the output
+                traceback.print_exc()
+                log_tail = contender.node.log()[-2000:] if contender.node is not None else ""
+                contenders.append(Result(contender.name, errors=[f"crashed: {exc!r}", log_tail]))
+            finally:
+                contender.stop()
 
     ceiling = fork_ceiling(60 if args.quick else 300)
     print()

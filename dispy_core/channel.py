@@ -109,12 +109,23 @@ class Channel:
     def next_req_id(self) -> int:
         return next(self._req_ids)
 
+    def _frame(self, msg: m.Message, writer: Any) -> list[Any]:
+        """The frame's buffers; joined into one unless the stream can queue parts (``write_nowait``)."""
+        parts = self.session.send_parts(msg)
+        if len(parts) > 1 and writer is None:
+            parts = [b"".join(parts)]
+        self.tx_bytes += sum(len(p) for p in parts)
+        return parts
+
     async def send(self, msg: m.Message) -> None:
         if self.closed:
             raise TransportError(f"connection to {_fmt(self.peer)} is closed: {self.close_reason}")
-        frame = self.session.send(msg)
-        self.tx_bytes += len(frame)
-        await self.stream.write(frame)
+        writer = getattr(self.stream, "write_nowait", None)
+        parts = self._frame(msg, writer)
+        if writer is not None:
+            for part in parts[:-1]:  # no await between the parts: no other sender's frame comes between
+                writer(part)
+        await self.stream.write(parts[-1])
 
     def send_nowait(self, msg: m.Message) -> bool:
         """Queue ``msg`` at once, in order with :meth:`send`, without waiting for the buffer to drain;
@@ -122,14 +133,14 @@ class Channel:
         if self.closed:
             return False
         writer = getattr(self.stream, "write_nowait", None)
-        frame = self.session.send(msg)
-        self.tx_bytes += len(frame)
+        parts = self._frame(msg, writer)
         if writer is None:  # a transport without it: fall back to a task
-            task = asyncio.ensure_future(self.stream.write(frame))
+            task = asyncio.ensure_future(self.stream.write(parts[0]))
             task.add_done_callback(_ignore_result)
             return True
         try:
-            writer(frame)
+            for part in parts:
+                writer(part)
         except (OSError, TransportError):
             return False
         return True

@@ -159,7 +159,8 @@ class _HostLink(asyncio.SubprocessProtocol):
     def send(self, header: dict[str, Any], blobs: list[bytes] | None = None) -> None:
         if self.stdin is None or self.stdin.is_closing():
             raise ExecutionError(f"computation {self.comp_id}: host process is not running")
-        self.stdin.write(ipc.encode(header, blobs or ()))
+        for part in ipc.encode_parts(header, blobs or ()):  # a large argument is not copied into a frame
+            self.stdin.write(part)
 
     # ------------------------------------------------------------------ failure
     def fail(self, reason: str) -> None:

@@ -251,12 +251,12 @@ class Host:
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self.timers, (time.monotonic() + delay, next(self._seq), fn))
 
-    def send(self, header: dict[str, Any], blobs: list[bytes] | None = None) -> None:
-        frame = ipc.encode(header, blobs or ())
+    def send(self, header: dict[str, Any], blobs: list[Any] | None = None) -> None:
+        parts = ipc.encode_parts(header, blobs or ())
         if self.deferred:  # keep the order: deferred frames go first, in the same write
-            frame = b"".join(ipc.encode(h) for h in self.deferred.values()) + frame
+            parts.insert(0, b"".join(ipc.encode(h) for h in self.deferred.values()))
             self.deferred.clear()
-        ipc.write_all(self.ctl_out, frame)
+        ipc.write_all(self.ctl_out, parts)
 
     def send_started(self, uid: int, pid: int, start: float) -> None:
         """Say a job started within ``COALESCE_DELAY``: a tiny job's "done" then carries it (one frame,
@@ -298,7 +298,7 @@ class Host:
 
     def _init(self, header: dict[str, Any], blobs: list[bytes]) -> None:
         info = self.info = CompInfo.from_frame(header, blobs)
-        self.reader = ipc.FrameReader(info.max_frame or ipc.DEFAULT_MAX_FRAME)
+        self.reader = ipc.FrameReader(info.max_frame or ipc.DEFAULT_MAX_FRAME, views=True)  # args pass through
         namespace.shutdown_request = lambda: self.send({"op": "shutdown"})  # dispynode_shutdown() here
         limit = info.extra.get("max_file_size", 0)
         self.max_file_size = limit if type(limit) is int and limit > 0 else 0
@@ -432,7 +432,7 @@ class Host:
                         interrupted = isinstance(exc, KeyboardInterrupt)
                         error = ("cannot install setup's globals in the job process:\n"
                                  f"{runtime.format_exception(exc, 0)}")
-                reader = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME)
+                reader = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME, views=True)
                 channel = runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame,
                                              self.max_file_size)
                 runtime.serve_jobs(reader, channel, info.kind, self.fn, info.program, self.jobs_per_process,
@@ -469,7 +469,7 @@ class Host:
         self.exits.watch(proc.pid, lambda status: self._on_exit(proc, status))
         return proc
 
-    def _submit(self, uid: int, args: bytes) -> None:
+    def _submit(self, uid: int, args: bytes | memoryview) -> None:
         reason = ""
         if self.info is None:
             reason = "computation not set up"
@@ -479,7 +479,7 @@ class Host:
             reason = "duplicate job id"
         proc = None
         if not reason:
-            frame = ipc.encode({"op": "run", "uid": uid}, [args])
+            frame = ipc.encode_parts({"op": "run", "uid": uid}, [args])
             for _attempt in range(2):
                 candidate = self.spares.pop(0) if self.spares else None
                 if candidate is None:

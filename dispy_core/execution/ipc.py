@@ -32,54 +32,117 @@ class IPCError(ProtocolError):
     """A frame from a host or job process that is malformed or too large."""
 
 
-def encode(header: dict[str, Any], blobs: Sequence[bytes | bytearray | memoryview] = ()) -> bytes:
+Buffer = bytes | bytearray | memoryview
+
+LARGE = 65536
+"""A blob this large is written from where it is (``writev``), not copied into a frame first."""
+
+
+def encode(header: dict[str, Any], blobs: Sequence[Buffer] = ()) -> bytes:
     """One frame as bytes; ``header`` must be JSON-able."""
+    return b"".join(encode_parts(header, blobs))
+
+
+def encode_parts(header: dict[str, Any], blobs: Sequence[Buffer] = ()) -> list[Buffer]:
+    """One frame as buffers to write in order: small parts joined, large blobs as they are."""
     head = _ENCODER.encode(header).encode("ascii")
     n = len(blobs)
-    lens = [len(b) for b in blobs]
+    lens = [_nbytes(b) for b in blobs]
     body_len = 6 + 4 * n + len(head) + sum(lens)
-    parts: list[bytes | bytearray | memoryview] = [_PREFIX.pack(body_len, n, len(head))]
+    small: list[Buffer] = [_PREFIX.pack(body_len, n, len(head))]
     if n:
-        parts.append(struct.pack(f"!{n}I", *lens))
-    parts.append(head)
-    parts.extend(blobs)
-    return b"".join(parts)
+        small.append(struct.pack(f"!{n}I", *lens))
+    small.append(head)
+    out: list[Buffer] = []
+    for blob, size in zip(blobs, lens, strict=True):
+        if size >= LARGE:
+            out.append(b"".join(small))
+            out.append(blob)
+            small = []
+        else:
+            small.append(blob)
+    if small:
+        out.append(b"".join(small))
+    return out
+
+
+def _nbytes(blob: Buffer) -> int:
+    return blob.nbytes if isinstance(blob, memoryview) else len(blob)
 
 
 class FrameReader:
-    """Incremental decoder: feed it bytes as they arrive, get complete frames back."""
+    """Incremental decoder: feed it bytes as they arrive, get complete frames back.
 
-    __slots__ = ("_buf", "_max")
+    A large frame's pieces are kept as they arrive and joined once, when it is complete. With
+    ``views``, its large blobs are then read-only views of that one copy (for a process that only
+    passes them on, or unpickles them), not copies of their own.
+    """
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    __slots__ = ("_buf", "_max", "_views", "_chunks", "_missing")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, views: bool = False) -> None:
         self._buf = bytearray()
         self._max = max_frame
+        self._views = views
+        self._chunks: list[Any] = []  # a large frame being collected (its first chunk starts it)
+        self._missing = 0  # bytes that frame still lacks
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        buf = self._buf
-        buf += data
         frames: list[Frame] = []
+        if isinstance(data, bytes):
+            view = memoryview(data)  # immutable: its slices may be kept without copying
+        else:
+            view = memoryview(bytes(data))  # the caller may reuse its buffer
+        if self._chunks:
+            view = self._collect(view, frames)
+            if not view:
+                return frames
+        buf = self._buf
+        if buf:  # a partial small frame waits: continue it in the buffer
+            buf += view
+            src: Any = buf
+        else:
+            src = view
         pos = 0
-        end = len(buf)
+        end = len(src)
         while end - pos >= 4:
-            (body_len,) = _LEN.unpack_from(buf, pos)
+            (body_len,) = _LEN.unpack_from(src, pos)
             if body_len > self._max:
                 raise IPCError(f"frame of {body_len} bytes exceeds the bound of {self._max} bytes")
             if end - pos - 4 < body_len:
+                if body_len >= LARGE:  # collect the rest in chunks: no growing buffer, one join
+                    self._chunks = [bytes(src[pos:]) if src is buf else src[pos:]]
+                    self._missing = 4 + body_len - (end - pos)
+                    pos = end
                 break
-            frames.append(_decode_body(memoryview(buf)[pos + 4:pos + 4 + body_len]))
+            frames.append(_decode_body(memoryview(src)[pos + 4:pos + 4 + body_len], False))
             pos += 4 + body_len
-        if pos:
-            del buf[:pos]
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += src[pos:]
         return frames
+
+    def _collect(self, data: memoryview, frames: list[Frame]) -> memoryview:
+        """Add ``data`` to the large frame; once complete, decode it; return what follows it."""
+        take = min(self._missing, len(data))
+        self._chunks.append(data[:take])
+        self._missing -= take
+        if self._missing:
+            return data[:0]
+        whole = b"".join(self._chunks)
+        self._chunks = []
+        frames.append(_decode_body(memoryview(whole)[4:], self._views))
+        return data[take:]
 
     @property
     def pending(self) -> int:
         """Bytes received that do not yet form a whole frame."""
-        return len(self._buf)
+        return len(self._buf) + sum(len(c) for c in self._chunks)
 
 
-def _decode_body(body: memoryview) -> Frame:
+def _decode_body(body: memoryview, views: bool) -> Frame:
     try:
         if len(body) < 6:
             raise IPCError("frame body shorter than its fixed part")
@@ -97,13 +160,17 @@ def _decode_body(body: memoryview) -> Frame:
         if not isinstance(header, dict) or not isinstance(header.get("op"), str):
             raise IPCError("frame header is not an object with a string 'op'")
         pos += json_len
-        blobs: list[bytes] = []
+        blobs: list[Any] = []
         for size in lens:
-            blobs.append(bytes(body[pos:pos + size]))
+            if views and size >= LARGE:  # body views an immutable bytes object: safe to hand out
+                blobs.append(body[pos:pos + size].toreadonly())
+            else:
+                blobs.append(bytes(body[pos:pos + size]))
             pos += size
         return header, blobs
     finally:
-        body.release()
+        if not views:
+            body.release()
 
 
 PIPE_SIZE = 1 << 20
@@ -121,12 +188,30 @@ def enlarge_pipe(fd: int, size: int = PIPE_SIZE) -> None:
         pass
 
 
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """Blocking write of everything (the fd must be in blocking mode)."""
+def write_all(fd: int, data: Buffer | list[Buffer]) -> None:
+    """Blocking write of everything (the fd must be in blocking mode); a list is written with
+    ``writev``, without joining it first."""
+    if isinstance(data, list):
+        if len(data) == 1:
+            data = data[0]
+        else:
+            _writev_all(fd, data)
+            return
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _writev_all(fd: int, parts: list[Buffer]) -> None:
+    views = [memoryview(p).cast("B") for p in parts if _nbytes(p)]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= views[0].nbytes:
+            written -= views[0].nbytes
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
 
 
 class BlockingReader:
@@ -134,9 +219,9 @@ class BlockingReader:
 
     __slots__ = ("_fd", "_reader", "_ready")
 
-    def __init__(self, fd: int, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, fd: int, max_frame: int = DEFAULT_MAX_FRAME, views: bool = False) -> None:
         self._fd = fd
-        self._reader = FrameReader(max_frame)
+        self._reader = FrameReader(max_frame, views)
         self._ready: list[Frame] = []
 
     def read(self) -> Frame | None:

@@ -24,7 +24,7 @@ def main() -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)  # prints outside sys.stdout (C code, os.system) go to the node's log, not the pipe
-    reader = ipc.BlockingReader(ctl_in)
+    reader = ipc.BlockingReader(ctl_in, views=True)
     frame = reader.read()
     if frame is None:
         return 0

@@ -49,8 +49,8 @@ class JobChannel:
         """
         if sum(len(b) for b in blobs) + 1024 > self.max_frame:
             return False
-        frame = ipc.encode(header, blobs)
-        if _SIGMASK is None or len(frame) <= _ATOMIC_WRITE:
+        frame = ipc.encode_parts(header, blobs)
+        if _SIGMASK is None or (len(frame) == 1 and len(frame[0]) <= _ATOMIC_WRITE):
             ipc.write_all(self.fd, frame)
             return True
         _SIGMASK(signal.SIG_BLOCK, _HELD)

@@ -5,7 +5,11 @@ A frame (all integers big-endian)::
     header   "!4sBBHQIB": magic b"DSPY" | version | flags | msg_type | seq | body_len | ser_len
     ser_len  bytes: the name of the serializer the sender uses for its blobs (ASCII [a-z0-9_.-])
     body_len bytes: the message body
-    32 bytes HMAC-SHA256 over header + name + body, when ``flags & FLAG_MAC``
+    the MAC over header + name + body, when ``flags & FLAG_MAC``: 32 bytes of HMAC-SHA256 under the
+             session key; or, when ``flags & FLAG_POLY1305`` too (bodies above ``POLY1305_MIN_BODY``),
+             a 16-byte Poly1305 tag under a one-time key derived from the session key and ``seq``
+             (HMAC-SHA256(key, "dispy-poly1305" | seq)): four times faster on megabyte payloads, and
+             never one key for two frames (``seq`` is checked, so a frame cannot pick an old one)
 
 A body is ``u32 json_len | JSON object of the non-bytes fields | (u32 len | raw bytes) per bytes
 field in declaration order``. Blobs never go through JSON (no base64 cost on large payloads) and
@@ -31,6 +35,7 @@ from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, field_kinds
 
 __all__ = [
     "FLAG_MAC",
+    "FLAG_POLY1305",
     "Frame",
     "FrameDecoder",
     "HEADER",
@@ -41,14 +46,18 @@ __all__ = [
     "decode_body",
     "encode_body",
     "encode_frame",
+    "encode_frame_parts",
 ]
 
 MAGIC = b"DSPY"
 HEADER = struct.Struct("!4sBBHQIB")
 HEADER_SIZE = HEADER.size
 FLAG_MAC = 0x01
-KNOWN_FLAGS = FLAG_MAC
+FLAG_POLY1305 = 0x02
+KNOWN_FLAGS = FLAG_MAC | FLAG_POLY1305
 MAC_SIZE = 32
+POLY1305_TAG_SIZE = 16
+POLY1305_MIN_BODY = 65536
 MAX_BODY_LEN = 2**32 - 1
 _LARGE_REST = 65536  # a frame still missing this many bytes is collected in chunks, not in one buffer
 
@@ -232,8 +241,26 @@ def _check_serializer_name(name: bytes | bytearray | memoryview) -> str:
     return bytes(name).decode("ascii")
 
 
+def _mac_len(flags: int) -> int:
+    if not flags & FLAG_MAC:
+        return 0
+    return POLY1305_TAG_SIZE if flags & FLAG_POLY1305 else MAC_SIZE
+
+
+def _poly1305(key: bytes, seq: int) -> Any:
+    from cryptography.hazmat.primitives.poly1305 import Poly1305  # only processes that see large frames
+
+    return Poly1305(hmac.digest(key, b"dispy-poly1305" + seq.to_bytes(8, "big"), "sha256"))
+
+
 def encode_frame(msg: Message, *, seq: int, serializer: str, mac_key: bytes | None) -> bytes:
     """A complete frame for ``msg``; MAC'd (FLAG_MAC) when ``mac_key`` is given."""
+    return b"".join(encode_frame_parts(msg, seq=seq, serializer=serializer, mac_key=mac_key))
+
+
+def encode_frame_parts(msg: Message, *, seq: int, serializer: str, mac_key: bytes | None) -> list[Any]:
+    """The frame for ``msg`` as buffers to write in order: a large payload is not copied into a frame
+    (one buffer when the frame is small)."""
     cls = _message_class(msg)
     try:
         sername = serializer.encode("ascii")
@@ -243,15 +270,32 @@ def encode_frame(msg: Message, *, seq: int, serializer: str, mac_key: bytes | No
         raise ValueError(f"invalid serializer name {serializer!r}")
     parts, body_len = _body_parts(msg)
     flags = FLAG_MAC if mac_key is not None else 0
+    large = body_len > POLY1305_MIN_BODY
+    if large and mac_key is not None:
+        flags |= FLAG_POLY1305
     header = HEADER.pack(MAGIC, PROTOCOL_VERSION, flags, cls.CODE, seq, body_len, len(sername)) + sername
-    parts.insert(0, header)
-    if mac_key is None:
-        return b"".join(parts)
-    if body_len <= 8192:
-        frame = b"".join(parts)
-        return frame + hmac.digest(mac_key, frame, "sha256")
-    parts.append(compute_mac(mac_key, parts))
-    return b"".join(parts)
+    if not large:
+        frame = header + b"".join(parts)
+        if mac_key is not None:
+            frame += hmac.digest(mac_key, frame, "sha256")
+        return [frame]
+    small = [header]  # the small fields in one buffer, each large blob as it is
+    out: list[Any] = []
+    for part in parts:
+        if len(part) >= 4096:
+            out.append(b"".join(small))
+            out.append(part)
+            small = []
+        else:
+            small.append(part)
+    if small:
+        out.append(b"".join(small))
+    if mac_key is not None:
+        poly = _poly1305(mac_key, seq)
+        for part in out:
+            poly.update(part)
+        out.append(poly.finalize())
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +318,17 @@ class Frame:
         """Whether the frame carries a MAC and it verifies under ``key`` (constant-time compare)."""
         if not self.flags & FLAG_MAC:
             return False
+        if self.flags & FLAG_POLY1305:
+            if len(self.body) <= POLY1305_MIN_BODY or len(self.mac) != POLY1305_TAG_SIZE:
+                return False  # small frames use HMAC-SHA256 only: no choosing the weaker-looking one
+            poly = _poly1305(key, self.seq)
+            poly.update(self.header)
+            poly.update(self.body)
+            try:
+                poly.verify(self.mac)
+            except Exception:  # cryptography's InvalidSignature
+                return False
+            return True
         if len(self.body) <= 8192:  # one-shot HMAC: cheaper than incremental for the many tiny frames
             digest = hmac.digest(key, self.header + self.body, "sha256")
         else:
@@ -377,6 +432,8 @@ class FrameDecoder:
             raise ProtocolError(f"unsupported frame version {version}")
         if flags & ~KNOWN_FLAGS:
             raise ProtocolError(f"unknown frame flags {flags:#x}")
+        if flags & FLAG_POLY1305 and not flags & FLAG_MAC:
+            raise ProtocolError("frame flags name a MAC algorithm but no MAC")
         if msg_type not in MESSAGE_TYPES:
             raise ProtocolError(f"unknown message type {msg_type}")
         if body_len > self.max_frame_size:
@@ -401,7 +458,7 @@ class FrameDecoder:
             with memoryview(data) as mv:
                 self._name = _check_serializer_name(mv[pos + HEADER_SIZE : pos + name_end])
         body_end = name_end + body_len
-        total = body_end + (MAC_SIZE if flags & FLAG_MAC else 0)
+        total = body_end + _mac_len(flags)
         if avail < total:
             if total - avail >= _LARGE_REST:
                 # switch to chunk mode: keep what is here (bytes: a view, no copy), join once when complete
@@ -427,7 +484,7 @@ class FrameDecoder:
         assert self._hdr is not None and self._name is not None and self._chunks is not None
         flags, msg_type, seq, body_len, ser_len = self._hdr
         name_end = HEADER_SIZE + ser_len
-        mac_len = MAC_SIZE if flags & FLAG_MAC else 0
+        mac_len = _mac_len(flags)
         if self._chunks_len < name_end + body_len + mac_len:
             return None
         chunks = self._chunks

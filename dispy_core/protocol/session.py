@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import AuthenticationError, DispyError, IntegrityError, ProtocolError, SerializationError
 from ..interfaces import Serializer
 from . import messages as m
-from .codec import Frame, FrameDecoder, decode_body, encode_frame
+from .codec import Frame, FrameDecoder, decode_body, encode_frame, encode_frame_parts
 
 __all__ = ["HANDSHAKE_FRAME_LIMIT", "NONCE_SIZE", "Session"]
 
@@ -155,14 +155,18 @@ class Session:
 
     def send(self, msg: m.Message) -> bytes:
         """A MAC'd frame carrying ``msg``, for an authenticated session."""
+        return b"".join(self.send_parts(msg))
+
+    def send_parts(self, msg: m.Message) -> list[Any]:
+        """Like :meth:`send`, as buffers to write in order (a large payload is not copied into a frame)."""
         self._check_usable()
         if self._state != _READY:
             raise ProtocolError("cannot send before the peer is authenticated")
         if isinstance(msg, _HANDSHAKE_TYPES):
             raise ProtocolError(f"{type(msg).__name__} is a handshake message")
-        frame = encode_frame(msg, seq=self._send_seq, serializer=self.serializer, mac_key=self._send_key)
+        parts = encode_frame_parts(msg, seq=self._send_seq, serializer=self.serializer, mac_key=self._send_key)
         self._send_seq += 1
-        return frame
+        return parts
 
     def loads(self, payload: bytes | memoryview, serializer: str | None = None) -> Any:
         """Deserialize a blob from the peer with the serializer its frames named (or ``serializer``)."""

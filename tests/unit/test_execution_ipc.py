@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dispy_core.execution import ipc
 from dispy_core.execution.client import _HostLink
@@ -23,6 +26,54 @@ def test_round_trip_any_chunking() -> None:
             got.extend(reader.feed(data[i:i + step]))
         assert got == frames
         assert reader.pending == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.sampled_from([0, 5, 4096, 65535, 65536, 200_000]), min_size=1, max_size=5),
+       cuts=st.lists(st.integers(1, 300_000), max_size=12), views=st.booleans(),
+       as_bytearray=st.booleans())
+def test_large_and_small_frames_in_any_chunking(sizes: list[int], cuts: list[int], views: bool,
+                                                as_bytearray: bool) -> None:
+    """Large frames are collected in pieces and joined once; with ``views`` their large blobs are
+    read-only views; whatever the chunking and buffer type, the frames are exactly what was sent."""
+    frames = [({"op": "f", "i": i}, [bytes([i % 251]) * size, b"t" * (i % 3)]) for i, size in enumerate(sizes)]
+    data = b"".join(b"".join(ipc.encode_parts(h, b)) for h, b in frames)
+    assert data == b"".join(ipc.encode(h, b) for h, b in frames)
+    bounds = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    reader = ipc.FrameReader(views=views)
+    got: list[ipc.Frame] = []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        chunk = data[a:b]
+        got.extend(reader.feed(bytearray(chunk) if as_bytearray else chunk))
+    assert [(h, [bytes(x) for x in blobs]) for h, blobs in got] == frames
+    assert reader.pending == 0
+    for _, blobs in got:
+        for blob in blobs:
+            if isinstance(blob, memoryview):
+                assert views and blob.readonly and blob.nbytes >= ipc.LARGE
+
+
+def test_write_all_writes_parts_in_order(tmp_path: object) -> None:
+    parts = ipc.encode_parts({"op": "x"}, [b"a" * 70_000, b"b" * 10, memoryview(b"c" * 100_000)])
+    assert len(parts) > 1
+    r, w = os.pipe()
+
+    def write() -> None:
+        try:
+            ipc.write_all(w, parts)  # partial writes too: a default pipe holds less than this
+        finally:
+            os.close(w)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        got = ipc.BlockingReader(r, views=True).read()
+    finally:
+        writer.join(10)
+        os.close(r)
+    assert got is not None
+    header, blobs = got
+    assert header == {"op": "x"} and [bytes(b) for b in blobs] == [b"a" * 70_000, b"b" * 10, b"c" * 100_000]
 
 
 def test_oversized_and_malformed_frames_refused() -> None:

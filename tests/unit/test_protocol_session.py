@@ -21,7 +21,15 @@ from dispy_core.errors import (
 )
 from dispy_core.protocol import messages as m
 from dispy_core.protocol import session as session_mod
-from dispy_core.protocol.codec import HEADER_SIZE, FrameDecoder, decode_body, encode_frame
+from dispy_core.protocol.codec import (
+    FLAG_MAC,
+    FLAG_POLY1305,
+    HEADER_SIZE,
+    POLY1305_TAG_SIZE,
+    FrameDecoder,
+    decode_body,
+    encode_frame,
+)
 from dispy_core.protocol.session import Session
 
 
@@ -556,3 +564,62 @@ def test_send_does_not_fail_the_session_on_unencodable_message() -> None:
     with pytest.raises(TypeError):
         pair.client.send(m.JobSubmit(comp_id="c", job_uid=1, args="str"))  # type: ignore[arg-type]
     assert pair.to_server(pair.client.send(job(1))) == [job(1)]
+
+
+# --------------------------------------------------------------------------- large frames: Poly1305
+def big_job(i: int, size: int = 300_000) -> m.JobSubmit:
+    return m.JobSubmit(comp_id="comp", job_uid=i, args=random.Random(i).randbytes(size), files=[])
+
+
+def test_large_frames_carry_a_poly1305_tag_and_round_trip() -> None:
+    pair = authed(max_frame_size=2**20)
+    parts = pair.client.send_parts(big_job(1))
+    assert len(parts) > 1  # the payload is its own buffer, not copied into a frame
+    frame = b"".join(parts)
+    flags = frame[5]
+    assert flags == FLAG_MAC | FLAG_POLY1305
+    assert len(parts[-1]) == POLY1305_TAG_SIZE
+    assert pair.to_server(frame) == [big_job(1)]
+    small = pair.client.send(job(2))
+    assert small[5] == FLAG_MAC  # small frames keep HMAC-SHA256
+    assert pair.to_server(small) == [job(2)]
+    assert pair.to_server(pair.client.send(big_job(3))) == [big_job(3)]  # a fresh one-time key each
+
+
+@pytest.mark.parametrize("where", ["header", "body", "tag"])
+def test_large_frame_corruption_is_refused(where: str) -> None:
+    pair = authed(max_frame_size=2**20)
+    frame = bytearray(pair.client.send(big_job(1)))
+    index = {"header": 10, "body": len(frame) // 2, "tag": len(frame) - 1}[where]
+    frame[index] ^= 0x01
+    with pytest.raises(IntegrityError):
+        pair.server.receive_data(bytes(frame))
+    assert_failed(pair.server)
+    assert pair.loads_calls() == 0
+
+
+def test_large_frame_replayed_or_reordered_is_refused() -> None:
+    pair = authed(max_frame_size=2**20)
+    first, second = pair.client.send(big_job(1)), pair.client.send(big_job(2))
+    assert pair.to_server(first) == [big_job(1)]
+    with pytest.raises(IntegrityError):
+        pair.server.receive_data(first)  # its tag verifies under its own seq's key, but the seq is old
+    other = authed(max_frame_size=2**20)
+    a, b = other.client.send(big_job(1)), other.client.send(big_job(2))
+    with pytest.raises(IntegrityError):
+        other.server.receive_data(b + a)
+    assert second and other.loads_calls() == 0
+
+
+def test_poly1305_flag_on_a_small_frame_or_without_mac_is_refused() -> None:
+    pair = authed()
+    frame = bytearray(pair.client.send(job(1)))
+    frame[5] |= FLAG_POLY1305  # claim the one-time MAC on a small frame: refused, never verified as such
+    with pytest.raises(ProtocolError):
+        pair.server.receive_data(bytes(frame))
+    pair = authed()
+    frame = bytearray(encode_frame(job(1), seq=0, serializer="json", mac_key=None))
+    frame[5] = FLAG_POLY1305
+    with pytest.raises(ProtocolError, match="no MAC"):
+        pair.server.receive_data(bytes(frame))
+    assert pair.loads_calls() == 0
