@@ -165,7 +165,11 @@ class JobExecutor(Protocol):
         ...
 
     async def submit(self, comp_id: str, job_uid: int, args: bytes) -> None:
-        """Start one job (its own process); completion arrives through ``events.job_done``."""
+        """Start one job (its own process); completion arrives through ``events.job_done``.
+
+        An executor may also offer ``submit_nowait(comp_id, job_uid, args)``, the same without a
+        coroutine (raising what ``submit`` raises); the node then calls it, saving a task per job.
+        """
         ...
 
     async def cancel(self, comp_id: str, job_uid: int, grace: float = 5.0) -> bool:

@@ -295,6 +295,10 @@ class HostExecutor:
         return link
 
     async def submit(self, comp_id: str, job_uid: int, args: bytes) -> None:
+        self.submit_nowait(comp_id, job_uid, args)
+
+    def submit_nowait(self, comp_id: str, job_uid: int, args: bytes) -> None:
+        """:meth:`submit` without a coroutine: it never waits (the pipe write is queued)."""
         link = self._link(comp_id)
         if link.broken:
             raise ExecutionError(f"computation {comp_id} cannot run jobs: {link.broken}")

@@ -656,7 +656,14 @@ class NodeServer:
     def _start(self, comp: HostedComputation, msg: m.JobSubmit) -> None:
         self.busy += 1
         comp.running.add(msg.job_uid)
-        self._spawn(self._submit(comp, msg))
+        submit_nowait = getattr(self.executor, "submit_nowait", None)
+        if submit_nowait is None:
+            self._spawn(self._submit(comp, msg))
+            return
+        try:
+            submit_nowait(comp.comp_id, msg.job_uid, msg.args)  # no task per job on the hot path
+        except (DispyError, OSError) as exc:
+            self._submit_failed(comp, msg, exc)
 
     def _start_queued(self) -> None:
         """Start waiting jobs while CPUs are free, the oldest first across every computation (a CPU freed
@@ -695,9 +702,13 @@ class NodeServer:
         try:
             await self.executor.submit(comp.comp_id, msg.job_uid, msg.args)
         except (DispyError, OSError) as exc:
-            self._job_done(comp.comp_id, msg.job_uid, JobOutcome(
-                status=JobStatus.Terminated, exception=f"node could not start the job: {exc}",
-                result=self._none_result, start_time=time.time(), end_time=time.time()))
+            self._submit_failed(comp, msg, exc)
+
+    def _submit_failed(self, comp: HostedComputation, msg: m.JobSubmit, exc: Exception) -> None:
+        now = time.time()
+        self._job_done(comp.comp_id, msg.job_uid, JobOutcome(
+            status=JobStatus.Terminated, exception=f"node could not start the job: {exc}",
+            result=self._none_result, start_time=now, end_time=now))
 
     def _on_cancel(self, channel: Channel, msg: m.JobCancel) -> None:
         comp = self.computations.get(msg.comp_id)

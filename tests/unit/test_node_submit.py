@@ -1,0 +1,105 @@
+"""The node's job start: through ``submit_nowait`` when the executor has it (no task per job), through
+the ``submit`` coroutine otherwise; a job the executor cannot start comes back Terminated with why,
+and the CPU it held is free again."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispy_core.errors import ExecutionError
+from dispy_core.node.server import HostedComputation, NodeOptions, NodeServer
+from dispy_core.protocol import messages as m
+from dispy_core.status import JobStatus
+
+
+class FakeChannel:
+    closed = False
+
+    def __init__(self) -> None:
+        self.sent: list[m.Message] = []
+
+    def send_nowait(self, msg: m.Message) -> bool:
+        self.sent.append(msg)
+        return True
+
+
+class NowaitExecutor:
+    name = "nowait"
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.started: list[int] = []
+
+    def submit_nowait(self, comp_id: str, job_uid: int, args: bytes) -> None:
+        if self.fail:
+            raise ExecutionError("host process is not running")
+        self.started.append(job_uid)
+
+    async def submit(self, comp_id: str, job_uid: int, args: bytes) -> None:
+        raise AssertionError("the node must use submit_nowait when the executor has it")
+
+
+class AsyncOnlyExecutor:
+    name = "async"
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+
+    async def submit(self, comp_id: str, job_uid: int, args: bytes) -> None:
+        await asyncio.sleep(0)
+        if job_uid == 2:
+            raise ExecutionError("computation c1 is closing")
+        self.started.append(job_uid)
+
+
+def make_server(executor: Any, tmp_path: Path) -> tuple[NodeServer, HostedComputation, FakeChannel]:
+    server = NodeServer(NodeOptions(host="127.0.0.1", cpus=2, dest_path_prefix=str(tmp_path)))
+    server.executor = executor
+    channel = FakeChannel()
+    comp = HostedComputation("c1", "comp", channel, tmp_path, cleanup_files=True, cpus=2, ready=True)  # type: ignore[arg-type]
+    server.computations["c1"] = comp
+    return server, comp, channel
+
+
+def submit(uid: int) -> m.JobSubmit:
+    return m.JobSubmit("c1", uid, b"args", [])
+
+
+def test_submit_nowait_starts_jobs_without_a_task(tmp_path: Path) -> None:
+    executor = NowaitExecutor(fail=False)
+    server, comp, channel = make_server(executor, tmp_path)
+    server._on_submit(channel, submit(1))  # type: ignore[arg-type]
+    assert executor.started == [1] and comp.running == {1} and server.busy == 1
+    assert not server._tasks and channel.sent == []
+
+
+def test_a_job_the_executor_cannot_start_is_terminated_with_the_reason(tmp_path: Path) -> None:
+    server, comp, channel = make_server(NowaitExecutor(fail=True), tmp_path)
+    server._on_submit(channel, submit(1))  # type: ignore[arg-type]
+    [result] = channel.sent
+    assert isinstance(result, m.JobResult) and result.job_uid == 1
+    assert result.status == JobStatus.Terminated
+    assert "node could not start the job: host process is not running" in result.exception
+    assert comp.running == set() and server.busy == 0  # the CPU is free for the next job
+
+
+@pytest.mark.parametrize("uids", [[1, 2, 3]])
+def test_executors_with_only_the_coroutine_still_work(uids: list[int], tmp_path: Path) -> None:
+    async def body() -> None:
+        executor = AsyncOnlyExecutor()
+        server, comp, channel = make_server(executor, tmp_path)
+        for uid in uids:
+            server._on_submit(channel, submit(uid))  # type: ignore[arg-type]
+        while server._tasks:
+            await asyncio.sleep(0.01)
+        assert executor.started == [1, 3]
+        [failed] = [msg for msg in channel.sent if isinstance(msg, m.JobResult)]
+        assert failed.job_uid == 2 and failed.status == JobStatus.Terminated
+        assert "computation c1 is closing" in failed.exception
+        assert comp.running == {1, 3}
+
+    asyncio.run(body())
