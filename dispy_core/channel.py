@@ -46,6 +46,7 @@ class Channel:
         self._early = early
         self._req_ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[m.Message]] = {}
+        self._held: list[Any] | None = None  # frames queued by send_nowait between hold() and flush()
 
     # ------------------------------------------------------------------ establishing
     @classmethod
@@ -117,9 +118,30 @@ class Channel:
         self.tx_bytes += sum(len(p) for p in parts)
         return parts
 
+    def hold(self) -> None:
+        """Collect what :meth:`send_nowait` sends until :meth:`flush`: messages produced together (a result
+        and the start of the next job) then leave in one write and reach the peer in one read."""
+        if self._held is None:
+            self._held = []
+
+    def flush(self) -> None:
+        """Write what was held, in order, as one buffer."""
+        held, self._held = self._held, None
+        if held and not self.closed:
+            writer = getattr(self.stream, "write_nowait", None)
+            try:
+                if writer is None:
+                    task = asyncio.ensure_future(self.stream.write(b"".join(held)))
+                    task.add_done_callback(_ignore_result)
+                else:
+                    writer(b"".join(held) if len(held) > 1 else held[0])
+            except (OSError, TransportError):
+                pass  # the connection is gone: its reader reports that
+
     async def send(self, msg: m.Message) -> None:
         if self.closed:
             raise TransportError(f"connection to {_fmt(self.peer)} is closed: {self.close_reason}")
+        self.flush()  # anything held goes first
         writer = getattr(self.stream, "write_nowait", None)
         parts = self._frame(msg, writer)
         if writer is not None:
@@ -134,6 +156,9 @@ class Channel:
             return False
         writer = getattr(self.stream, "write_nowait", None)
         parts = self._frame(msg, writer)
+        if self._held is not None:
+            self._held.extend(parts)
+            return True
         if writer is None:  # a transport without it: fall back to a task
             task = asyncio.ensure_future(self.stream.write(parts[0]))
             task.add_done_callback(_ignore_result)

@@ -317,13 +317,14 @@ class JobCluster:
 
     def status(self) -> dict[str, Any]:
         """A snapshot: usable ``nodes`` (DispyNode), ``failed_nodes`` (address -> reason), job counts."""
+        discovering = not self._discovered.is_set()  # before the snapshot: "done" then covers every node
         with self._lock:
             pending = sum(1 for j in self._jobs.values() if j.status == JobStatus.Created)
             running = sum(1 for j in self._jobs.values() if j.status == JobStatus.Running)
             unfinished = self._unfinished
         nodes, failed = self._call(self._node_snapshot, default=None) or self._node_snapshot()
         return {"name": self.name, "nodes": nodes, "failed_nodes": failed, "pending": pending,
-                "running": running, "unfinished": unfinished, "discovering": not self._discovered.is_set()}
+                "running": running, "unfinished": unfinished, "discovering": discovering}
 
     def print_status(self) -> None:
         print(self.format_status())

@@ -403,6 +403,7 @@ class NodeServer:
             log.warning("refused connection from %s: %s", _fmt(stream.peer), exc)
             return
         log.debug("client %s authenticated", _fmt(channel.peer))
+        channel.session.blob_views = True  # arguments, code and files pass through to the host or a file
         self.channels.add(channel)
         try:
             await channel.run(lambda msg: self._handle(channel, msg))
@@ -740,11 +741,16 @@ class NodeServer:
         self.jobs_done += 1
         for path in comp.job_files.pop(job_uid, []):
             path.unlink(missing_ok=True)
-        if not comp.channel.closed:
-            comp.channel.send_nowait(m.JobResult(
-                comp_id, job_uid, int(outcome.status), outcome.result, outcome.stdout, outcome.stderr,
-                outcome.exception, outcome.start_time, outcome.end_time))
-        self._start_queued()
+        channel = comp.channel
+        channel.hold()  # the result and the start of the job queued behind it: one write
+        try:
+            if not channel.closed:
+                channel.send_nowait(m.JobResult(
+                    comp_id, job_uid, int(outcome.status), outcome.result, outcome.stdout, outcome.stderr,
+                    outcome.exception, outcome.start_time, outcome.end_time))
+            self._start_queued()
+        finally:
+            channel.flush()
         if self.quitting:
             self._maybe_quit()
 

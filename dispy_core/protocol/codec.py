@@ -166,8 +166,16 @@ def _bad(cls: type[Message], name: str, kind: int, value: Any) -> ProtocolError:
     return ProtocolError(f"{cls.__name__}.{name}: expected {_KIND_NAMES[kind]}, got {type(value).__name__}")
 
 
-def decode_body(msg_type: int, body: bytes | bytearray | memoryview) -> Message:
-    """Build the message of type ``msg_type`` from ``body``, validating every field; ProtocolError if bad."""
+BLOB_VIEW_MIN = 65536
+
+
+def decode_body(msg_type: int, body: bytes | bytearray | memoryview, views: bool = False) -> Message:
+    """Build the message of type ``msg_type`` from ``body``, validating every field; ProtocolError if bad.
+
+    With ``views`` (and ``body`` an immutable ``bytes``), a blob of ``BLOB_VIEW_MIN`` bytes or more is
+    a read-only view into ``body`` instead of a copy: for a receiver that only passes blobs on.
+    """
+    views = views and isinstance(body, bytes)
     cls = MESSAGE_TYPES.get(msg_type)
     if cls is None:
         raise ProtocolError(f"unknown message type {msg_type}")
@@ -217,7 +225,10 @@ def decode_body(msg_type: int, body: bytes | bytearray | memoryview) -> Message:
             pos += 4
             if pos + blob_len > size:
                 raise ProtocolError(f"{cls.__name__}: blob {name!r} of {blob_len} bytes overruns the body")
-            kwargs[name] = mv[pos : pos + blob_len].tobytes()
+            if views and blob_len >= BLOB_VIEW_MIN:
+                kwargs[name] = memoryview(body)[pos : pos + blob_len].toreadonly()
+            else:
+                kwargs[name] = mv[pos : pos + blob_len].tobytes()
             pos += blob_len
         if pos != size:
             raise ProtocolError(f"{cls.__name__}: {size - pos} trailing bytes in body")

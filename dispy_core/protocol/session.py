@@ -95,6 +95,7 @@ class Session:
         self.peer_software = ""
         self.peer_role = ""  # the role an initiating peer announced
         self.peer_serializer = ""  # the name in the peer's latest frame: what its blobs are loaded with
+        self.blob_views = False  # large blobs as read-only views, not copies (a node only passes them on)
         self._key = secret_key(secret)
         self._state = _IDLE if initiator else _WAIT_HELLO
         self._nonce = b""  # ours
@@ -211,7 +212,7 @@ class Session:
         name = frame.serializer
         if name and name not in self._accept:
             raise ProtocolError(f"peer uses serializer {name!r}, not one of {sorted(self._accept)}")
-        msg = _decode(frame)  # only now: the MAC verified
+        msg = decode_body(frame.msg_type, frame.body, self.blob_views)  # only now: the MAC verified
         if isinstance(msg, _HANDSHAKE_TYPES):
             raise ProtocolError(f"unexpected {type(msg).__name__} after the handshake")
         if name:

@@ -39,7 +39,7 @@ def test_dispy_cmd_runs_one_job_per_argument_string(node_factory: Callable[..., 
     assert "--- stderr:\ncomplaint" in out
     assert out.index("job 1") < out.index("job 2")
     failed = run_cmd(str(program), "-a", "0", "-a", "3", *common, cwd=tmp_path)
-    assert failed.returncode == 1
+    assert failed.returncode == 1, failed.stdout + failed.stderr + node.log()
     assert "=== job 2 (3) on 127.0.0.1: finished, exit status 3" in failed.stdout
 
 

@@ -322,3 +322,24 @@ def test_only_wildcards_is_a_clear_error() -> None:
         dispy.JobCluster(double, nodes=["127.0.0.*"])
     with pytest.raises(ConfigError, match="broadcast"):
         dispy.JobCluster(double, nodes="*")
+
+
+def test_status_never_says_discovery_ended_before_its_nodes_show(node: NodeProcess) -> None:
+    """``discovering`` is read before the node snapshot: a discovery that ends in between is still
+    reported as going on, never as "over, and no node" (dispy_cmd gave up on a ready node that way)."""
+    with dispy.JobCluster(double, nodes=["127.0.0.1"], dispy_port=node.base_port) as cluster:
+        wait_for(lambda: cluster.status()["nodes"], timeout=20)
+        cluster._discovered.clear()
+        real_snapshot = cluster._node_snapshot
+
+        def snapshot_while_discovery_ends() -> tuple[list[Any], dict[str, str]]:
+            nodes, _failed = real_snapshot()
+            cluster._discovered.set()  # discovery finishes right after the (empty) snapshot was taken
+            return [], {}
+
+        cluster._node_snapshot = snapshot_while_discovery_ends  # type: ignore[method-assign]
+        status = cluster.status()
+        assert status["nodes"] == [] and status["discovering"] is True
+        cluster._node_snapshot = real_snapshot  # type: ignore[method-assign]
+        status = cluster.status()
+        assert status["nodes"] and status["discovering"] is False

@@ -26,6 +26,12 @@ class FakeChannel:
         self.sent.append(msg)
         return True
 
+    def hold(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
 
 class NowaitExecutor:
     name = "nowait"

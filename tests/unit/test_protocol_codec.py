@@ -372,3 +372,20 @@ def test_large_frame_byte_by_byte() -> None:
         frames += decoder.feed(stream[i : i + 1])
     assert frames == FrameDecoder(2**20).feed(stream) and len(frames) == 2
     assert decoder.buffered == 0
+
+
+@pytest.mark.parametrize("size", [0, 10, 65535, 65536, 300_000])
+def test_decode_body_views_large_blobs_only_of_immutable_bodies(size: int) -> None:
+    msg = m.JobSubmit(comp_id="c", job_uid=3, args=bytes(range(256)) * (size // 256) + b"x" * (size % 256),
+                      files=["a"])
+    body = encode_body(msg)
+    viewed = decode_body(m.JobSubmit.CODE, body, views=True)
+    assert viewed == msg or bytes(viewed.args) == msg.args  # a memoryview compares equal to its bytes
+    assert bytes(viewed.args) == msg.args and viewed.files == ["a"]
+    if size >= 65536:
+        assert isinstance(viewed.args, memoryview) and viewed.args.readonly
+    else:
+        assert type(viewed.args) is bytes
+    copied = decode_body(m.JobSubmit.CODE, bytearray(body), views=True)  # a mutable body: always copies
+    assert type(copied.args) is bytes and copied == msg
+    assert type(decode_body(m.JobSubmit.CODE, body).args) is bytes  # the default: copies
