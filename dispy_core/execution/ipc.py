@@ -15,6 +15,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from dispy_core.buffers import coalesce, nbytes
 from dispy_core.errors import ProtocolError
 
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024
@@ -47,27 +48,15 @@ def encode_parts(header: dict[str, Any], blobs: Sequence[Buffer] = ()) -> list[B
     """One frame as buffers to write in order: small parts joined, large blobs as they are."""
     head = _ENCODER.encode(header).encode("ascii")
     n = len(blobs)
-    lens = [_nbytes(b) for b in blobs]
+    lens = [nbytes(b) for b in blobs]
     body_len = 6 + 4 * n + len(head) + sum(lens)
     small: list[Buffer] = [_PREFIX.pack(body_len, n, len(head))]
     if n:
         small.append(struct.pack(f"!{n}I", *lens))
     small.append(head)
-    out: list[Buffer] = []
-    for blob, size in zip(blobs, lens, strict=True):
-        if size >= LARGE:
-            out.append(b"".join(small))
-            out.append(blob)
-            small = []
-        else:
-            small.append(blob)
-    if small:
-        out.append(b"".join(small))
-    return out
+    return coalesce([*small, *blobs], LARGE)
 
 
-def _nbytes(blob: Buffer) -> int:
-    return blob.nbytes if isinstance(blob, memoryview) else len(blob)
 
 
 class FrameReader:
@@ -204,7 +193,7 @@ def write_all(fd: int, data: Buffer | list[Buffer]) -> None:
 
 
 def _writev_all(fd: int, parts: list[Buffer]) -> None:
-    views = [memoryview(p).cast("B") for p in parts if _nbytes(p)]
+    views = [memoryview(p).cast("B") for p in parts if nbytes(p)]
     while views:
         written = os.writev(fd, views)
         while views and written >= views[0].nbytes:

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..buffers import coalesce
 from ..errors import FrameTooLarge, ProtocolError
 from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, field_kinds
 
@@ -290,17 +291,7 @@ def encode_frame_parts(msg: Message, *, seq: int, serializer: str, mac_key: byte
         if mac_key is not None:
             frame += hmac.digest(mac_key, frame, "sha256")
         return [frame]
-    small = [header]  # the small fields in one buffer, each large blob as it is
-    out: list[Any] = []
-    for part in parts:
-        if len(part) >= 4096:
-            out.append(b"".join(small))
-            out.append(part)
-            small = []
-        else:
-            small.append(part)
-    if small:
-        out.append(b"".join(small))
+    out = coalesce([header, *parts], 4096)  # the small fields in one buffer, each large blob as it is
     if mac_key is not None:
         poly = _poly1305(mac_key, seq)
         for part in out:
