@@ -48,6 +48,19 @@ async def close(server: Channel, client: Channel, listener: Any) -> None:
     await asyncio.gather(client.reader_task, return_exceptions=True)  # type: ignore[attr-defined]
 
 
+def count_writes(channel: Channel) -> list[int]:
+    """The sizes of the channel's stream writes, recorded from now on."""
+    writes: list[int] = []
+    original = channel.stream.write_nowait  # type: ignore[attr-defined]
+
+    def counting(data: Any) -> None:
+        writes.append(len(data))
+        original(data)
+
+    channel.stream.write_nowait = counting  # type: ignore[attr-defined]
+    return writes
+
+
 async def take(received: asyncio.Queue[m.Message], n: int) -> list[m.Message]:
     return [await asyncio.wait_for(received.get(), 5) for _ in range(n)]
 
@@ -55,14 +68,7 @@ async def take(received: asyncio.Queue[m.Message], n: int) -> list[m.Message]:
 def test_held_frames_leave_in_one_write_and_in_order() -> None:
     async def body() -> None:
         server, client, listener, received = await channel_pair()
-        writes: list[int] = []
-        original = server.stream.write_nowait  # type: ignore[attr-defined]
-
-        def counting(data: Any) -> None:
-            writes.append(len(data))
-            original(data)
-
-        server.stream.write_nowait = counting  # type: ignore[attr-defined]
+        writes = count_writes(server)
         try:
             server.hold()
             for i in range(3):
@@ -89,14 +95,7 @@ def test_held_frames_leave_in_one_write_and_in_order() -> None:
 def test_large_frames_are_written_in_parts_and_arrive_whole() -> None:
     async def body() -> None:
         server, client, listener, received = await channel_pair()
-        writes: list[int] = []
-        original = client.stream.write_nowait  # type: ignore[attr-defined]
-
-        def counting(data: Any) -> None:
-            writes.append(len(data))
-            original(data)
-
-        client.stream.write_nowait = counting  # type: ignore[attr-defined]
+        writes = count_writes(client)
         got: asyncio.Queue[m.Message] = asyncio.Queue()
         server_reader = asyncio.ensure_future(server.run(got.put_nowait))
         payload = os.urandom(3 << 20)
