@@ -62,8 +62,10 @@ REPORT_AFTER_KILL = 2.0
 SETUP_RESULTS = (0, 1, 2)
 
 DEFAULT_SPARES = 8
-REFILL_BURST = 0.003
 """Job processes kept started ahead of need, unless the node says (``executor.<mode>.spares``)."""
+
+REFILL_BURST = 0.003
+"""Seconds a host may spend forking spares back to back before it looks at its pipes again."""
 
 
 class _Proc:
@@ -569,14 +571,14 @@ class Host:
         proc.status = status
         if proc.popen is not None:
             proc.popen.returncode = os.waitstatus_to_exitcode(status)
+        if proc.wfd >= 0:  # first: a dead process is never handed another job (nor recycled below)
+            self._close_fd(proc.wfd)
+            proc.wfd = -1
         if proc.uid < 0:  # an idle spare died (or was retired)
             if proc in self.spares:
                 self.spares.remove(proc)
                 logger.warning("idle job process %s", proctree.describe_wait_status(status))
             self._close_pipe(proc)
-            if proc.wfd >= 0:
-                self._close_fd(proc.wfd)
-                proc.wfd = -1
             return
         if proc.pipe >= 0 and proc.pipe in self.fds:  # what it wrote is in the pipe; a grandchild may hold it
             try:

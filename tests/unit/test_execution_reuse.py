@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,56 @@ def test_bad_spares_setting_is_a_config_error(value: Any) -> None:
 def test_spare_defaults_per_mode() -> None:
     assert host_client.DEFAULT_SPARES == {"fork": 8, "spawn": 2}
     assert ForkExecutor().spares == 8
+
+
+def test_a_process_whose_job_left_a_thread_writing_is_not_reused(tmp_path: Path) -> None:
+    """A thread a job leaves behind that still sends (here a provisional result after the job returned)
+    must not be taken for the next job's output: the host retires that process."""
+    ns = main_funcs("""
+        import threading
+
+        def comp(leave_thread):
+            if leave_thread:
+                def late():
+                    time.sleep(0.3)
+                    dispy_provisional_result("late")
+                threading.Thread(target=late).start()
+            return os.getpid()
+    """)
+
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        await ex.submit("c1", 1, args(True))
+        first = await ev.done(1)
+        assert first.status == JobStatus.Finished, first.exception
+        await asyncio.sleep(1.0)  # the thread writes while its process waits for a job
+        await ex.submit("c1", 2, args(False))
+        second = await ev.done(2)
+        assert second.status == JobStatus.Finished, second.exception
+        assert S.loads(second.result) != S.loads(first.result)  # not the process that wrote between jobs
+        assert not [entry for entry in ev.log if entry[0] == "prov" and entry[1] == 2]
+
+    run(with_executor(ForkExecutor, make_spec(tmp_path, ns["comp"], extra={"jobs_per_process": 10}), body))
+
+
+def test_cancelled_and_crashed_reusable_processes_leave_no_fd_behind(tmp_path: Path) -> None:
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        host_pid = ex._links["c1"].pid  # type: ignore[attr-defined]
+
+        async def settled_fds() -> int:
+            await asyncio.sleep(1.0)  # spares back at their target
+            return len(os.listdir(f"/proc/{host_pid}/fd"))
+
+        assert (await run_one(ex, ev, 0)).status == JobStatus.Finished
+        before = await settled_fds()
+        for uid in range(1, 7):
+            if uid % 2:
+                await ex.submit("c1", uid, args("sleep", uid))
+                await asyncio.sleep(0.3)
+                assert await ex.cancel("c1", uid, grace=0.2)
+                assert (await ev.done(uid)).status == JobStatus.Cancelled
+            else:
+                assert (await run_one(ex, ev, uid, "crash")).status == JobStatus.Terminated
+        assert (await run_one(ex, ev, 99)).status == JobStatus.Finished
+        assert await settled_fds() <= before  # each dead process's pipes are closed
+
+    run(with_executor(ForkExecutor, counting_spec(tmp_path, 100), body))
