@@ -214,7 +214,8 @@ class HostExecutor:
     Subclasses pick ``mode``: "fork" (jobs fork from the host) or "spawn" (a fresh interpreter per job).
     Settings read from the node config: ``executor.max_frame`` (bytes, default 256 MiB),
     ``executor.start_timeout`` (seconds a host may take to load the computation, default 60) and
-    ``executor.<mode>.spares`` (job processes kept started ahead of need, default 8 forked or 2 spawned).
+    ``executor.<mode>.spares`` (job processes kept started ahead of need, default 8 forked or 2 spawned)
+    and ``executor.fork.zygote`` (false: the host forks job processes itself, not its fork server).
     """
 
     name = "host"
@@ -230,6 +231,7 @@ class HostExecutor:
         if type(spares) is not int or spares < 1:
             raise ConfigError(f"executor.{self.mode}.spares must be an integer of at least 1, not {spares!r}")
         self.spares = spares
+        self.zygote = bool(get(f"executor.{self.mode}.zygote", True)) if get else True
         self._links: dict[str, _HostLink] = {}
 
     async def open(self, spec: ComputationSpec, events: ExecutorEvents) -> None:
@@ -263,7 +265,7 @@ class HostExecutor:
                         node_name=spec.node_name, node_ip_addr=spec.node_ip_addr, max_frame=self.max_frame,
                         code=spec.code, depends_code=spec.depends_code, setup=spec.setup,
                         cleanup=spec.cleanup, setup_args=spec.setup_args,
-                        extra={**spec.extra, "spares": self.spares})
+                        extra={**spec.extra, "spares": self.spares, "zygote": self.zygote})
         header, blobs = info.to_frame()
         link.send(header, blobs)
         timeout: float | None = self.start_timeout

@@ -29,6 +29,7 @@ exactly once, even if the process cannot be reaped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import heapq
 import itertools
@@ -38,12 +39,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dispy_core.execution import ipc, lazylog, namespace, proctree, runtime
 from dispy_core.execution.lazylog import LazyLogger
 from dispy_core.execution.namespace import CompInfo
 from dispy_core.status import JobStatus
+
+if TYPE_CHECKING:
+    from dispy_core.execution.zygote import ZygoteLink
 
 logger = LazyLogger("dispynode")
 
@@ -199,6 +203,9 @@ class Host:
         self.shipped: bytes = b""  # setup returned 1 (fork): setup's globals, for jobs to install
         self.held: dict[str, Any] = {}  # ... and the originals, kept aside for cleanup
         self.max_file_size = 0
+        self.zygote: ZygoteLink | None = None  # the fork server, in fork mode (see _start_zygote)
+        self.requested: dict[str, _Proc] = {}  # job processes asked of the zygote, by token
+        self.forked: dict[int, _Proc] = {}  # job processes the zygote forked and has not reported gone
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -219,6 +226,8 @@ class Host:
             while self.timers and self.timers[0][0] <= now:
                 heapq.heappop(self.timers)[2]()
         self._retire_spares()
+        if self.zygote is not None:
+            self.zygote.close()  # it exits at the end of its input
 
     @property
     def refilling(self) -> bool:
@@ -228,7 +237,7 @@ class Host:
         write-protects all of this process's pages, so the first write to each page afterwards faults;
         forks back to back pay those faults (and disturb results passing through) once per burst.
         """
-        count = len(self.spares)
+        count = len(self.spares) + len(self.requested)
         if count <= self.spares_low:
             self._bursting = True
         elif count >= self.spares_wanted:
@@ -238,8 +247,13 @@ class Host:
     _bursting = False
 
     def _refill(self) -> None:
-        """Fork spares back to back for up to ``REFILL_BURST`` seconds (at least one), then look at events
-        again: a large host, slow to fork, still answers between forks."""
+        """Ask the zygote for what is missing; without one, fork spares back to back for up to
+        ``REFILL_BURST`` seconds (at least one), then look at events again: a large host, slow to fork,
+        still answers between forks."""
+        if self.zygote is not None:
+            while self.zygote is not None and len(self.spares) + len(self.requested) < self.spares_wanted:
+                self._request_spare()
+            return
         deadline = time.monotonic() + REFILL_BURST
         while len(self.spares) < self.spares_wanted:
             spare = self._new_spare()
@@ -304,6 +318,7 @@ class Host:
         namespace.shutdown_request = lambda: self.send({"op": "shutdown"})  # dispynode_shutdown() here
         limit = info.extra.get("max_file_size", 0)
         self.max_file_size = limit if type(limit) is int and limit > 0 else 0
+        self.jobs_per_process = namespace.jobs_per_process(info)  # before the zygote copies this process
         try:
             os.chdir(info.work_dir)
             self.serializer = namespace.load_serializer(info)
@@ -350,9 +365,10 @@ class Host:
                 self.held = namespace.take_globals(self.ns, before)
             gc.collect()
             gc.freeze()  # forked jobs then share the host's pages instead of touching them
+            if info.extra.get("zygote", True) is not False:
+                self._start_zygote()
         del before
         self.send({"op": "ready"})
-        self.jobs_per_process = namespace.jobs_per_process(info)
         target = info.extra.get("spares", DEFAULT_SPARES)
         self.spares_wanted = self.spares_target = target if type(target) is int and target >= 1 else 1
         self.spares_low = self.spares_target // 4
@@ -422,28 +438,135 @@ class Host:
                         os.close(fd)
                 os.close(w_args)
                 os.close(r_res)
-                os.setsid()
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                self.exits.child_reset()
-                error, interrupted = "", False
-                if self.shipped:  # setup returned 1: this job's own copy of setup's globals
-                    try:
-                        namespace.install_setup_globals(self.shipped, self.serializer, self.ns)
-                    except BaseException as exc:
-                        interrupted = isinstance(exc, KeyboardInterrupt)
-                        error = ("cannot install setup's globals in the job process:\n"
-                                 f"{runtime.format_exception(exc, 0)}")
-                reader = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME, views=True)
-                channel = runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame,
-                                             self.max_file_size)
-                runtime.serve_jobs(reader, channel, info.kind, self.fn, info.program, self.jobs_per_process,
-                                   error, interrupted)
+                self._job_process_main(r_args, w_res)
             finally:
                 os._exit(0)
         os.close(r_args)
         os.close(w_res)
         return self._track(_Proc(pid, r_res, w_args, info.max_frame or ipc.DEFAULT_MAX_FRAME))
+
+    def _job_process_main(self, r_args: int, w_res: int) -> None:
+        """A forked job process (from this host or its zygote), holding only its two pipe ends."""
+        info = self.info
+        assert info is not None
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.exits.child_reset()
+        error, interrupted = "", False
+        if self.shipped:  # setup returned 1: this job's own copy of setup's globals
+            try:
+                namespace.install_setup_globals(self.shipped, self.serializer, self.ns)
+            except BaseException as exc:
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                error = ("cannot install setup's globals in the job process:\n"
+                         f"{runtime.format_exception(exc, 0)}")
+        reader = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME, views=True)
+        channel = runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame, self.max_file_size)
+        runtime.serve_jobs(reader, channel, info.kind, self.fn, info.program, self.jobs_per_process, error,
+                           interrupted)
+
+    # ------------------------------------------------------------------ the zygote (fork mode)
+    def _start_zygote(self) -> None:
+        """Fork the fork server (see :mod:`zygote`); without it, this process forks job processes itself."""
+        import socket  # fork mode only
+
+        from dispy_core.execution import zygote
+
+        if not (hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")):
+            return  # its job processes' exits must be watchable by pidfd should it die
+        inherited = set(self.fds)
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            inherited.add(self.sel.fileno())  # type: ignore[attr-defined]
+        try:
+            link = zygote.start(self._job_process_main, inherited)
+        except OSError as exc:
+            logger.warning("no fork server, forking job processes here: %s", exc)
+            return
+        self.zygote = link
+        self.fds.add(link.fileno())
+        self.sel.register(link.fileno(), selectors.EVENT_READ, self._on_zygote)
+
+    def _request_spare(self) -> None:
+        """Ask the zygote for a job process; it joins the spares when the zygote names its pid."""
+        info, link = self.info, self.zygote
+        assert info is not None and link is not None
+        token = proctree.job_token(os.getpid(), next(self._spare_seq))
+        r_args, w_args = os.pipe()
+        r_res, w_res = os.pipe()
+        ipc.enlarge_pipe(w_args)
+        ipc.enlarge_pipe(w_res)
+        try:
+            link.request(token, r_args, w_res)
+            sent = True
+        except OSError:
+            sent = False
+        os.close(r_args)  # the zygote has its own copies now
+        os.close(w_res)
+        if not sent:
+            os.close(w_args)
+            os.close(r_res)
+            self._zygote_gone()
+            return
+        proc = _Proc(0, r_res, w_args, info.max_frame or ipc.DEFAULT_MAX_FRAME)
+        proc.token = token
+        self.fds.update((r_res, w_args))
+        self.requested[token] = proc
+
+    def _on_zygote(self) -> None:
+        link = self.zygote
+        if link is None:
+            return
+        for words in link.receive():
+            kind = words[0] if words else ""
+            if kind == "pid" and len(words) == 3:
+                proc = self.requested.pop(words[1], None)
+                if proc is not None:
+                    proc.pid = int(words[2])
+                    self.forked[proc.pid] = proc
+                    if proc.wfd >= 0 and not self.closing:
+                        self.spares.append(proc)
+                    else:  # retired while it was being forked: its input is closed, it ends by itself
+                        proctree.kill_tree(proc.pid)
+            elif kind == "exit" and len(words) == 3:
+                proc = self.forked.pop(int(words[1]), None)
+                if proc is not None:
+                    self._on_exit(proc, int(words[2]))
+            elif kind == "fail" and len(words) >= 2:
+                proc = self.requested.pop(words[1], None)
+                logger.warning("cannot start a job process: %s", " ".join(words[2:]))
+                if proc is not None:
+                    self._drop(proc)
+                self.spares_wanted = len(self.spares)  # try again at the next submit
+            elif kind == "gone":
+                self._zygote_gone()
+                return
+
+    def _zygote_gone(self) -> None:
+        """The zygote died: fork here from now on; its job processes' exits come by pidfd (status lost)."""
+        link, self.zygote = self.zygote, None
+        if link is None:
+            return
+        if not self.closing:
+            logger.warning("the fork server (pid %s) is gone; forking job processes here", link.pid)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(link.fileno())
+        self.fds.discard(link.fileno())
+        link.close()
+        for proc in self.requested.values():
+            self._drop(proc)
+        self.requested.clear()
+        forked, self.forked = self.forked, {}
+        for pid, proc in forked.items():
+            self.exits.watch(pid, functools.partial(self._on_exit, proc))
+
+    def _drop(self, proc: _Proc) -> None:
+        """Close the host's ends of a job process that never started."""
+        self._close_fd(proc.pipe)
+        proc.pipe = -1
+        if proc.wfd >= 0:
+            self._close_fd(proc.wfd)
+            proc.wfd = -1
 
     def _spawn_spare(self) -> _Proc:
         info = self.info
@@ -467,6 +590,7 @@ class Host:
         return proc
 
     def _track(self, proc: _Proc) -> _Proc:
+        """Watch a process this host started itself (the zygote reports those it forks)."""
         self.fds.update((proc.pipe, proc.wfd))
         self.exits.watch(proc.pid, lambda status: self._on_exit(proc, status))
         return proc
@@ -670,6 +794,10 @@ class Host:
         self.spares_wanted = 0
         for spare in list(self.spares):
             self._retire(spare)
+        for proc in self.requested.values():  # not forked yet: an input already closed ends them at once
+            if proc.wfd >= 0:
+                self._close_fd(proc.wfd)
+                proc.wfd = -1
 
 
 def main(argv: list[str] | None = None) -> int:

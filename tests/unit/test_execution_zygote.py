@@ -1,0 +1,88 @@
+"""The fork server: fork-mode job processes are its children, their ends (crashes included) reach the
+host through it, and the host carries on forking by itself if it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import psutil
+from test_execution_executors import Events, S, args, main_funcs, make_spec, run, with_executor
+
+from dispy_core.interfaces import JobExecutor
+from dispy_core.status import JobStatus
+from dispy_plugins.executor_fork.executor import ForkExecutor
+
+JOBS = main_funcs("""
+    import signal
+
+    def comp(action):
+        if action == "segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if action == "exit3":
+            os._exit(3)
+        if action == "sleep":
+            time.sleep(0.5)
+        return os.getpid(), os.getppid()
+""")
+
+
+def spec(tmp_path: Path, **extra: Any) -> Any:
+    return make_spec(tmp_path, JOBS["comp"], extra=extra)
+
+
+def host_pid(ex: JobExecutor) -> int:
+    return int(ex._links["c1"].pid)  # type: ignore[attr-defined]
+
+
+async def finished(ex: JobExecutor, ev: Events, uid: int, action: str = "") -> tuple[int, int]:
+    await ex.submit("c1", uid, args(action))
+    out = await ev.done(uid)
+    assert out.status == JobStatus.Finished, out.exception
+    pid, ppid = S.loads(out.result)
+    return int(pid), int(ppid)
+
+
+def test_job_processes_are_forked_by_the_zygote_and_crashes_are_reported(tmp_path: Path) -> None:
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        host = host_pid(ex)
+        await asyncio.sleep(0.5)  # the spares are forked after setup (a job arriving first is forked here)
+        _pid, ppid = await finished(ex, ev, 1)
+        assert ppid != host and psutil.Process(ppid).ppid() == host  # the zygote, a child of the host
+        for uid, action, words in ((2, "segv", "killed by signal SIGSEGV"), (3, "exit3", "exited with status 3")):
+            await ex.submit("c1", uid, args(action))
+            out = await ev.done(uid)
+            assert out.status == JobStatus.Terminated and words in out.exception  # the status came via the zygote
+        assert (await finished(ex, ev, 4))[1] == ppid
+
+    run(with_executor(ForkExecutor, spec(tmp_path), body))
+
+
+def test_without_zygote_the_host_forks(tmp_path: Path) -> None:
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        assert (await finished(ex, ev, 1))[1] == host_pid(ex)
+
+    run(with_executor(ForkExecutor, spec(tmp_path, zygote=False), body))
+
+
+def test_host_carries_on_when_the_zygote_dies(tmp_path: Path) -> None:
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        host = host_pid(ex)
+        await asyncio.sleep(0.5)
+        _pid, zygote = await finished(ex, ev, 1)
+        assert zygote != host
+        await ex.submit("c1", 2, args("sleep"))  # a job running while its forker dies
+        os.kill(zygote, signal.SIGKILL)
+        assert (await ev.done(2)).status == JobStatus.Finished
+        await asyncio.sleep(0.3)
+        for uid in range(3, 15):  # the spares it forked, then processes the host forks itself
+            await finished(ex, ev, uid)
+        assert (await finished(ex, ev, 20))[1] == host
+        await ex.submit("c1", 21, args("exit3"))
+        out = await ev.done(21)
+        assert out.status == JobStatus.Terminated and "exited with status 3" in out.exception
+
+    run(with_executor(ForkExecutor, spec(tmp_path), body))
