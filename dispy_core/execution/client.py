@@ -265,7 +265,7 @@ class HostExecutor:
                         node_name=spec.node_name, node_ip_addr=spec.node_ip_addr, max_frame=self.max_frame,
                         code=spec.code, depends_code=spec.depends_code, setup=spec.setup,
                         cleanup=spec.cleanup, setup_args=spec.setup_args,
-                        extra={**spec.extra, "spares": self.spares, "zygote": self.zygote})
+                        extra={"spares": self.spares, "zygote": self.zygote, **spec.extra})
         header, blobs = info.to_frame()
         link.send(header, blobs)
         timeout: float | None = self.start_timeout

@@ -121,7 +121,7 @@ def _spawn(sock: socket.socket, job_process_main: JobProcessMain, own: tuple[int
     except OSError as exc:
         sock.send(f"fail {token} {exc.strerror or exc}".encode("ascii", "replace")[:MAX_MESSAGE])
         pid = -1
-    finally:
+    if pid != 0:  # here only: the job process keeps it
         os.environ.pop(proctree.JOB_ENV, None)
     if pid == 0:
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from test_execution_executors import Events, S, args, main_funcs, make_spec, run, with_executor
 
 from dispy_core.interfaces import JobExecutor
@@ -63,7 +64,9 @@ def test_job_processes_are_forked_by_the_zygote_and_crashes_are_reported(tmp_pat
 
 def test_without_zygote_the_host_forks(tmp_path: Path) -> None:
     async def body(ex: JobExecutor, ev: Events) -> None:
-        assert (await finished(ex, ev, 1))[1] == host_pid(ex)
+        await asyncio.sleep(0.5)
+        for uid in range(3):
+            assert (await finished(ex, ev, uid))[1] == host_pid(ex)
 
     run(with_executor(ForkExecutor, spec(tmp_path, zygote=False), body))
 
@@ -86,3 +89,30 @@ def test_host_carries_on_when_the_zygote_dies(tmp_path: Path) -> None:
         assert out.status == JobStatus.Terminated and "exited with status 3" in out.exception
 
     run(with_executor(ForkExecutor, spec(tmp_path), body))
+
+
+@pytest.mark.parametrize("zygote", [True, False])
+def test_every_job_process_carries_its_own_token(zygote: bool, tmp_path: Path) -> None:
+    """The marker that lets a cancel find what a job started, even after it left the job's tree."""
+    ns = main_funcs("""
+        import subprocess
+
+        def comp():
+            seen = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('DISPY_JOB_TOKEN'))"],
+                                  capture_output=True, text=True).stdout.strip()
+            return os.environ.get("DISPY_JOB_TOKEN"), seen
+    """)
+
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        await asyncio.sleep(0.5)  # spares forked by the zygote, when there is one
+        tokens = []
+        for uid in range(4):
+            await ex.submit("c1", uid, args())
+            out = await ev.done(uid)
+            assert out.status == JobStatus.Finished, out.exception
+            own, seen = S.loads(out.result)
+            assert own and own == seen  # in the job, and in every program it starts
+            tokens.append(own)
+        assert len(set(tokens)) == 4
+
+    run(with_executor(ForkExecutor, make_spec(tmp_path, ns["comp"], extra={"zygote": zygote}), body))
