@@ -433,11 +433,7 @@ class Host:
         pid = os.fork()
         if pid == 0:  # the job process: wait for the job, run it, report, exit; never back into the loop
             try:
-                for fd in self.fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-                os.close(w_args)
-                os.close(r_res)
+                ipc.close_quietly((*self.fds, w_args, r_res))
                 self._job_process_main(r_args, w_res)
             finally:
                 os._exit(0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from dispy_core.buffers import coalesce, nbytes
@@ -160,6 +160,15 @@ def _decode_body(body: memoryview, views: bool) -> Frame:
     finally:
         if not views:
             body.release()
+
+
+def close_quietly(fds: Iterable[int]) -> None:
+    """Close each descriptor, ignoring those already closed (a new process dropping what it inherited)."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 PIPE_SIZE = 1 << 20

@@ -21,7 +21,7 @@ import signal
 import socket
 from collections.abc import Callable, Iterable
 
-from dispy_core.execution import proctree
+from dispy_core.execution import ipc, proctree
 
 MAX_MESSAGE = 256
 
@@ -72,9 +72,7 @@ def start(job_process_main: JobProcessMain, inherited: Iterable[int]) -> ZygoteL
     if pid == 0:
         try:
             host_end.close()
-            for fd in inherited:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            ipc.close_quietly(inherited)
             _serve(zygote_end, job_process_main)
         finally:
             os._exit(0)
@@ -127,9 +125,7 @@ def _spawn(sock: socket.socket, job_process_main: JobProcessMain, own: tuple[int
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for fd in own:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            ipc.close_quietly(own)
             job_process_main(r_args, w_res)
         finally:
             os._exit(0)

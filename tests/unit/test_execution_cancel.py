@@ -21,6 +21,7 @@ from test_execution_executors import (  # noqa: F401 - the autouse fixtures appl
     main_funcs,
     make_spec,
     run,
+    with_executor,
 )
 
 from dispy_core.execution import client, host
@@ -120,16 +121,7 @@ def test_cancel_kills_the_whole_tree(cls: Any, mode: str, tmp_path: Path) -> Non
         assert ev.done_count == {1: 1}
         assert not await ex.cancel("c1", 1)  # done: nothing to cancel any more
 
-    run(with_spec(cls, make_spec(tmp_path, ns["comp"]), body))
-
-
-async def with_spec(cls: Any, spec: Any, body: Any) -> None:
-    ex, ev = cls(), Events()
-    await ex.open(spec, ev)
-    try:
-        await body(ex, ev)
-    finally:
-        await ex.shutdown()
+    run(with_executor(cls, make_spec(tmp_path, ns["comp"]), body))
 
 
 @pytest.mark.parametrize("cls", EXECUTORS)
@@ -153,7 +145,7 @@ def test_cancel_right_after_submit_and_twice(cls: Any, tmp_path: Path) -> None:
         await asyncio.sleep(0.3)
         assert ev.done_count == {0: 1, 1: 1, 2: 1, 3: 1, 9: 1}
 
-    run(with_spec(cls, make_spec(tmp_path, ns["comp"]), body))
+    run(with_executor(cls, make_spec(tmp_path, ns["comp"]), body))
 
 
 @pytest.mark.parametrize("cls", EXECUTORS)
@@ -168,10 +160,37 @@ def test_cancelled_program_computation(cls: Any, tmp_path: Path) -> None:
         out = await ev.done(1, timeout=10)
         assert out.status == JobStatus.Cancelled
 
-    run(with_spec(cls, spec, body))
+    run(with_executor(cls, spec, body))
 
 
 def test_default_grace_is_five_seconds() -> None:
     assert host.CANCEL_GRACE == client.CANCEL_GRACE == 5.0
     for cls in (ForkExecutor, SpawnExecutor):
         assert inspect.signature(cls.cancel).parameters["grace"].default == 5.0
+
+
+class SlowToLoad:
+    """A dependency whose loading takes seconds (unpickling it sleeps)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[float]]:
+        return time.sleep, (3.0,)
+
+
+def test_spawned_job_cancelled_while_its_process_still_loads_is_cancelled(tmp_path: Path) -> None:
+    """The KeyboardInterrupt lands while the spawned process loads the computation: Cancelled, not a
+    load failure."""
+    ns = main_funcs("""
+        def comp():
+            return 1
+    """)
+    spec = make_spec(tmp_path, ns["comp"], depends_code=S.dumps([SlowToLoad()]))
+
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        await ex.submit("c1", 1, args())  # its process is still loading SlowToLoad
+        await asyncio.sleep(0.5)
+        assert await ex.cancel("c1", 1, grace=5)
+        out = await ev.done(1, timeout=10)
+        assert out.status == JobStatus.Cancelled, out.exception
+        assert "KeyboardInterrupt" in out.exception
+
+    run(with_executor(SpawnExecutor, spec, body))

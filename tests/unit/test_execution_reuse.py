@@ -14,7 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_execution_executors import EXECUTORS, Events, S, args, main_funcs, make_spec, run, with_executor
+from test_execution_executors import (  # noqa: F401 - the autouse fixtures apply here too
+    EXECUTORS,
+    Events,
+    S,
+    _importable_tests,
+    _no_leftovers,
+    args,
+    main_funcs,
+    make_spec,
+    run,
+    with_executor,
+)
 
 from dispy_core.errors import ConfigError
 from dispy_core.execution import client as host_client

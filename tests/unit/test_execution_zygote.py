@@ -11,7 +11,17 @@ from typing import Any
 
 import psutil
 import pytest
-from test_execution_executors import Events, S, args, main_funcs, make_spec, run, with_executor
+from test_execution_executors import (  # noqa: F401 - the autouse fixtures apply here too
+    Events,
+    S,
+    _importable_tests,
+    _no_leftovers,
+    args,
+    main_funcs,
+    make_spec,
+    run,
+    with_executor,
+)
 
 from dispy_core.interfaces import JobExecutor
 from dispy_core.status import JobStatus
@@ -116,3 +126,54 @@ def test_every_job_process_carries_its_own_token(zygote: bool, tmp_path: Path) -
         assert len(set(tokens)) == 4
 
     run(with_executor(ForkExecutor, make_spec(tmp_path, ns["comp"], extra={"zygote": zygote}), body))
+
+
+def alive(pid: int) -> list[psutil.Process]:
+    """``pid``'s children that have not exited (one may end while we look)."""
+    out = []
+    for child in psutil.Process(pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                out.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+class Settings:
+    """A node config with only ``executor.*`` settings."""
+
+    def __init__(self, **values: Any) -> None:
+        self.values = values
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+
+@pytest.mark.parametrize("spares", [3, 8])
+def test_the_zygote_keeps_the_configured_spares_ready(spares: int, tmp_path: Path) -> None:
+    """``spares`` are forked after setup; used down to a quarter of them, they are forked again."""
+    async def wait_count(pid: int, count: int) -> int:
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(alive(pid)) != count and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        return len(alive(pid))
+
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        [zygote] = alive(host_pid(ex))  # no job yet: the host's only child
+        assert await wait_count(zygote.pid, spares) == spares
+        for uid in range(spares - spares // 4):  # each job uses up a spare
+            assert (await finished(ex, ev, uid))[1] == zygote.pid
+        assert await wait_count(zygote.pid, spares) == spares
+
+    run(with_executor(lambda: ForkExecutor(Settings(**{"executor.fork.spares": spares})), spec(tmp_path), body))
+
+
+def test_node_setting_turns_the_zygote_off(tmp_path: Path) -> None:
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        await asyncio.sleep(0.5)
+        assert (await finished(ex, ev, 1))[1] == host_pid(ex)
+        assert alive(host_pid(ex))  # its spares, and no zygote among them
+        assert all(child.children() == [] for child in alive(host_pid(ex)))
+
+    run(with_executor(lambda: ForkExecutor(Settings(**{"executor.fork.zygote": False})), spec(tmp_path), body))
