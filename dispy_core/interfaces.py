@@ -188,17 +188,57 @@ class JobExecutor(Protocol):
 # --------------------------------------------------------------------------- scheduler
 @dataclass(frozen=True, slots=True)
 class NodeLoad:
-    """A snapshot of one node as the scheduler sees it."""
+    """A snapshot of one node as the scheduler sees it.
+
+    ``cpus`` is the number of CPUs the node runs this computation's jobs on; ``capacity`` the jobs the
+    cluster keeps in flight there (more than ``cpus`` when jobs are pipelined: one waits on the node
+    while another runs); ``busy`` the jobs in flight now. ``avg_job_time`` is the mean observed run
+    time of this computation's jobs on the node (0.0 until one has finished).
+    """
 
     node_id: str
     cpus: int
     busy: int
     jobs_done: int = 0
     avg_job_time: float = 0.0
+    capacity: int = 0
+
+    @property
+    def free(self) -> int:
+        """Jobs the node can take now (``capacity`` defaults to ``cpus``)."""
+        return max(0, (self.capacity or self.cpus) - self.busy)
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A snapshot of one job for schedulers and decision hooks (``dispy_recover``)."""
+
+    uid: int
+    status: int
+    node_id: str | None = None
+    pinned: str | None = None
+    submit_time: float = 0.0
+    attempts: int = 0
+    """Times the job was sent to a node (a resubmitted job has been sent more than once)."""
 
 
 @runtime_checkable
 class Scheduler(Protocol):
-    """Chooses the node for the next job; a pure function of snapshots."""
+    """Decides which node runs which job; told what happens, like pytest-xdist's schedulers.
 
-    def choose(self, nodes: Sequence[NodeLoad]) -> str | None: ...
+    The cluster state calls ``node_added`` / ``node_removed`` as nodes come and go, ``job_done`` as
+    results arrive (with the observed run time), and ``assign`` whenever jobs wait and some node has
+    room. ``assign`` returns ``(job uid, node_id)`` pairs; the state refuses pairs that name an unknown
+    job or node, or a node without room, so a faulty scheduler cannot overfill a node. Jobs not
+    assigned stay pending for the next call.
+    """
+
+    name: str
+
+    def node_added(self, node: NodeLoad) -> None: ...
+
+    def node_removed(self, node_id: str) -> None: ...
+
+    def job_done(self, node_id: str, run_time: float) -> None: ...
+
+    def assign(self, pending: Sequence[JobView], nodes: Sequence[NodeLoad]) -> list[tuple[int, str]]: ...
