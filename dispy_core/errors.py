@@ -13,7 +13,8 @@
     ├── SerializationError       an object that cannot be serialized / a payload that cannot be loaded
     ├── ExecutionError           a computation could not be set up or run on a node
     │   └── SetupError           setup failed, returned an unknown code or timed out
-    └── UnsafePathError          a path from a peer that would escape its directory
+    ├── UnsafePathError          a path from a peer that would escape its directory
+    └── InvalidTransition        an event a state machine cannot take in its state (a bug or a late message)
 """
 
 from __future__ import annotations
@@ -72,3 +73,7 @@ class SetupError(ExecutionError):
 
 class UnsafePathError(DispyError, ValueError):
     """A path received from a peer would escape the directory it belongs to."""
+
+
+class InvalidTransition(DispyError):
+    """An event that cannot happen to a job (or node) in its current state."""

@@ -263,11 +263,14 @@ class JobCancel(Message):
 @message(35)
 @dataclass(frozen=True, slots=True)
 class JobRefused(Message):
-    """The node cannot run this job now (no free CPU, unknown computation...): the client re-queues it."""
+    """The node cannot run this job now (no free CPU, unknown computation...): the client re-queues it.
+
+    ``code`` is a :class:`dispy_core.status.RefusalReason` value; ``reason`` the text for people."""
 
     comp_id: str
     job_uid: int
     reason: str
+    code: str = ""
 
 
 # --------------------------------------------------------------------------- files (40-49)

@@ -1,0 +1,432 @@
+"""ClusterState: which job goes to which node, and what becomes of jobs when nodes change.
+
+This file answers "how are jobs chosen", "what happens when a node dies" and "when is a job Abandoned".
+It is pure: events in (``state.events``), instructions out, no I/O and no clock. The client runs one per
+``JobCluster``; ``dispyscheduler`` runs one per computation.
+
+- **Queues.** A submitted job waits in ``pending`` (or, pinned by ``submit_node``, in its node's own
+  queue; pinned to a node not found yet, ``parked`` until discovery is done).
+- **Capacity.** A node takes ``pipeline`` jobs per CPU in flight (one running, one waiting there, so a
+  CPU that frees starts the next job without a round trip), or exactly its CPUs when ``set_node_cpus``
+  lowered them below what the node granted. A job sent beyond the node's CPUs waits there and stays
+  ``Created`` until the node says it started. ``busy`` is the number of jobs in flight: never a counter.
+- **Choice.** Pinned jobs go first to their node. Then the scheduler plugin (``interfaces.Scheduler``)
+  assigns pending jobs to nodes with room; assignments that name an unknown job or node, a pinned job,
+  or a node without room are ignored, so a faulty scheduler cannot overfill a node.
+- **Refusals.** A refused job goes back to the front of its queue; "no free CPU" means the node is
+  shared, so its CPUs are lowered to what it holds.
+- **Lost nodes.** Jobs that only waited there go back to the queue. Running jobs are resubmitted or
+  abandoned as ``recover`` (the ``dispy_recover`` hook) decides, by default resubmitted when the cluster
+  is ``reentrant``. A job being cancelled ends Cancelled; a pinned job cannot move and is Abandoned.
+- **Cancels.** A queued job is Cancelled at once; a job at a node is cancelled there (``SendCancel``) and
+  ends with the node's answer.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispy_core.interfaces import JobView, NodeLoad, Scheduler
+from dispy_core.state import events as ev
+from dispy_core.state.job import JobEvent, next_status, result_event
+from dispy_core.status import FINAL_JOB_STATES, JobStatus, NodeStatus, RefusalReason
+
+__all__ = ["PIPELINE", "ClusterState", "JobRecord", "NodeRecord", "RecoverPolicy"]
+
+PIPELINE = 2
+"""Jobs in flight per node CPU: one running and one waiting on the node."""
+
+RecoverPolicy = Callable[[JobView, str], str | None]
+"""Decides for a job whose node failed: ``"resubmit"``, ``"abandon"`` or None (then ``reentrant`` decides)."""
+
+Out = list[ev.ClusterInstruction]
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """What the state knows of one unfinished job."""
+
+    uid: int
+    status: JobStatus
+    submit_time: float
+    pinned: str | None = None
+    node_id: str | None = None
+    """The node the job is at (sent, waiting or running there); None while queued here."""
+    waiting: bool = False
+    """At its node but not started: every CPU there was busy when it was sent."""
+    attempts: int = 0
+    cancelling: bool = False
+
+    def view(self) -> JobView:
+        return JobView(self.uid, int(self.status), self.node_id, self.pinned, self.submit_time, self.attempts)
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    """A node set up for the computation."""
+
+    node_id: str
+    granted: int
+    cpus: int
+    pipeline: int = PIPELINE
+    allocated: bool = True
+    closing: bool = False
+    close_when_drained: bool = False
+    terminate: bool = False
+    in_flight: dict[int, JobRecord] = field(default_factory=dict)
+    pinned: collections.deque[int] = field(default_factory=collections.deque)
+    jobs_done: int = 0
+    run_time: float = 0.0
+
+    @property
+    def busy(self) -> int:
+        return len(self.in_flight)
+
+    @property
+    def capacity(self) -> int:
+        """Jobs to keep in flight here (see the module's "Capacity")."""
+        return self.cpus * self.pipeline if self.cpus >= self.granted else self.cpus
+
+    @property
+    def accepting(self) -> bool:
+        return self.allocated and not self.closing
+
+    @property
+    def avg_job_time(self) -> float:
+        return self.run_time / self.jobs_done if self.jobs_done else 0.0
+
+    def load(self) -> NodeLoad:
+        return NodeLoad(self.node_id, self.cpus, self.busy, self.jobs_done, self.avg_job_time, self.capacity)
+
+
+class ClusterState:
+    """The scheduling state of one computation; see the module docstring for the rules."""
+
+    def __init__(self, scheduler: Scheduler, *, recover: RecoverPolicy | None = None, reentrant: bool = False,
+                 pipeline: int = PIPELINE) -> None:
+        self.scheduler = scheduler
+        self.recover = recover
+        self.reentrant = reentrant
+        self.pipeline = pipeline
+        self.jobs: dict[int, JobRecord] = {}
+        self.pending: collections.deque[int] = collections.deque()
+        self.parked: list[int] = []
+        self.nodes: dict[str, NodeRecord] = {}
+        self.discovered = False
+        self.closing = False
+
+    def handle(self, event: ev.ClusterEvent) -> Out:
+        """Apply ``event``; the instructions to carry out, in order."""
+        out: Out = []
+        self._handlers[type(event)](self, event, out)
+        return out
+
+    # ------------------------------------------------------------------ queries (for drivers and tests)
+    def running_uids(self, node_id: str) -> list[int]:
+        """Jobs running (not only waiting) at ``node_id``."""
+        node = self.nodes.get(node_id)
+        return [uid for uid, rec in node.in_flight.items() if not rec.waiting] if node else []
+
+    def counts(self) -> tuple[int, int]:
+        """(jobs not at a node or waiting there, jobs running)."""
+        running = sum(1 for rec in self.jobs.values() if rec.status in (JobStatus.Running,
+                                                                        JobStatus.ProvisionalResult))
+        return len(self.jobs) - running, running
+
+    # ------------------------------------------------------------------ jobs
+    def _submitted(self, event: ev.JobSubmitted, out: Out) -> None:
+        record = JobRecord(event.uid, JobStatus.Created, event.time, event.pinned)
+        self.jobs[event.uid] = record
+        out.append(ev.NotifyJob(event.uid, JobStatus.Created, None))
+        self._place(record, out)
+        self._dispatch(out)
+
+    def _place(self, record: JobRecord, out: Out, front: bool = False) -> None:
+        """Queue a job that is at no node: pending, its pinned node's queue, or parked."""
+        if record.pinned is None:
+            (self.pending.appendleft if front else self.pending.append)(record.uid)
+            return
+        node = self.nodes.get(record.pinned)
+        if node is not None:
+            (node.pinned.appendleft if front else node.pinned.append)(record.uid)
+        elif not self.discovered:
+            self.parked.append(record.uid)
+        else:
+            self._final(record, JobEvent.CANCELLED, out, f"node {record.pinned} is not in this cluster")
+
+    def _discovery_done(self, event: ev.DiscoveryDone, out: Out) -> None:
+        self.discovered = True
+        parked, self.parked = self.parked, []
+        for uid in parked:
+            self._place(self.jobs[uid], out)
+        self._dispatch(out)
+
+    def _started(self, event: ev.JobStarted, out: Out) -> None:
+        record = self._at(event.uid, event.node_id)
+        if record is not None and record.waiting:
+            record.waiting = False
+            self._move(record, JobEvent.STARTED, out)
+
+    def _result(self, event: ev.ResultArrived, out: Out) -> None:
+        record = self._at(event.uid, event.node_id)
+        if record is None:
+            return  # late: the job was cancelled here, or its node given up
+        node = self.nodes[event.node_id]
+        del node.in_flight[event.uid]
+        node.jobs_done += 1
+        node.run_time += max(0.0, event.run_time)
+        self.scheduler.job_done(node.node_id, max(0.0, event.run_time))
+        status = event.status if event.status in FINAL_JOB_STATES else JobStatus.Terminated
+        self._final(record, result_event(status), out, outcome=event.outcome)
+        self._slot_freed(node, out)
+        self._dispatch(out)
+
+    def _provisional(self, event: ev.ProvisionalArrived, out: Out) -> None:
+        record = self._at(event.uid, event.node_id)
+        if record is None or record.status != JobStatus.Running:
+            return
+        self._move(record, JobEvent.PROVISIONAL, out, outcome=event.outcome)
+        self._move(record, JobEvent.RESUMED, out, notify=False)
+
+    def _refused(self, event: ev.Refused, out: Out) -> None:
+        record = self._at(event.uid, event.node_id)
+        if record is None:
+            return
+        node = self.nodes[event.node_id]
+        del node.in_flight[event.uid]
+        record.node_id, record.waiting = None, False
+        if event.reason == RefusalReason.NO_FREE_CPU:  # other clients use some of its CPUs
+            node.cpus = max(1, min(node.cpus, node.busy // self.pipeline))
+        if record.cancelling:
+            self._final(record, JobEvent.CANCELLED, out, "Cancelled")
+        else:
+            self._move(record, JobEvent.REFUSED, out, notify=False)
+            self._place(record, out, front=True)
+        self._slot_freed(node, out)
+        self._dispatch(out)
+
+    def _send_failed(self, event: ev.SendFailed, out: Out) -> None:
+        record = self._at(event.uid, event.node_id)
+        if record is None:
+            return
+        node = self.nodes[event.node_id]
+        del node.in_flight[event.uid]
+        self._final(record, JobEvent.SEND_FAILED, out, f"could not send job to {event.node_id}: {event.reason}")
+        self._slot_freed(node, out)
+        self._dispatch(out)
+
+    def _cancel(self, event: ev.CancelAsked, out: Out) -> None:
+        record = self.jobs.get(event.uid)
+        if record is None:
+            return
+        if record.node_id is not None:
+            record.cancelling = True
+            out.append(ev.SendCancel(record.node_id, record.uid))
+            return
+        self._unqueue(record)
+        self._final(record, JobEvent.CANCELLED, out, "Cancelled")
+
+    def _unqueue(self, record: JobRecord) -> None:
+        if record.pinned is None:
+            self.pending.remove(record.uid)
+        elif record.uid in self.parked:
+            self.parked.remove(record.uid)
+        else:
+            self.nodes[record.pinned].pinned.remove(record.uid)
+
+    # ------------------------------------------------------------------ nodes
+    def _node_ready(self, event: ev.NodeReady, out: Out) -> None:
+        cpus = max(1, event.cpus)
+        node = self.nodes.get(event.node_id)
+        if node is None:
+            node = self.nodes[event.node_id] = NodeRecord(event.node_id, cpus, cpus, self.pipeline)
+            self.scheduler.node_added(node.load())
+        else:  # set up again (resetup_node)
+            node.granted = node.cpus = cpus
+            node.closing = node.close_when_drained = node.terminate = False
+        parked = [uid for uid in self.parked if self.jobs[uid].pinned == event.node_id]
+        for uid in parked:
+            self.parked.remove(uid)
+            node.pinned.append(uid)
+        out.append(ev.NotifyNode(event.node_id, NodeStatus.Initialized))
+        self._dispatch(out)
+
+    def _node_cpus(self, event: ev.NodeCpus, out: Out) -> None:
+        node = self.nodes.get(event.node_id)
+        if node is not None:
+            node.cpus = max(1, min(event.cpus, node.granted))
+            self._dispatch(out)
+
+    def _node_allocation(self, event: ev.NodeAllocation, out: Out) -> None:
+        node = self.nodes.get(event.node_id)
+        if node is not None:
+            node.allocated = event.allocated
+            self._dispatch(out)
+
+    def _node_closing(self, event: ev.NodeClosing, out: Out) -> None:
+        node = self.nodes.get(event.node_id)
+        if node is not None:
+            self._close(node, event.terminate, "Cancelled (terminated: node closed)", out)
+
+    def _close(self, node: NodeRecord, terminate: bool, why: str, out: Out) -> None:
+        node.closing, node.close_when_drained = True, True
+        node.terminate = node.terminate or terminate
+        if terminate:  # the node is told to kill them and will not report them
+            for record in list(node.in_flight.values()):
+                del node.in_flight[record.uid]
+                self._final(record, JobEvent.CANCELLED, out, why)
+        self._slot_freed(node, out)
+
+    def _slot_freed(self, node: NodeRecord, out: Out) -> None:
+        if node.close_when_drained and not node.in_flight:
+            node.close_when_drained = False
+            out.append(ev.CloseNode(node.node_id, node.terminate))
+
+    def _node_lost(self, event: ev.NodeLost, out: Out) -> None:
+        node = self.nodes.pop(event.node_id, None)
+        if node is not None:
+            self._evict(node, f"node {event.node_id} lost: {event.reason}", out)
+            self._dispatch(out)
+
+    def _node_released(self, event: ev.NodeReleased, out: Out) -> None:
+        node = self.nodes.pop(event.node_id, None)
+        if node is not None:
+            self._evict(node, f"node {event.node_id} closed: {event.reason}", out, event.notify)
+            self._dispatch(out)
+
+    def _evict(self, node: NodeRecord, why: str, out: Out, notify: bool = True) -> None:
+        """The node is gone: recover its jobs, cancel those pinned to it, tell the scheduler and program."""
+        self.scheduler.node_removed(node.node_id)
+        requeue: list[JobRecord] = []
+        for record in node.in_flight.values():
+            record.node_id = None
+            if record.cancelling:
+                self._final(record, JobEvent.CANCELLED, out, f"Cancelled ({why})")
+            elif record.pinned is not None:  # cannot run elsewhere
+                self._final(record, JobEvent.NODE_LOST_ABANDON if not record.waiting else JobEvent.CANCELLED,
+                            out, why)
+            elif record.waiting or self._resubmit(record, "node-lost"):
+                record.waiting = False
+                self._move(record, JobEvent.NODE_LOST_RESUBMIT, out)
+                requeue.append(record)
+            else:
+                self._final(record, JobEvent.NODE_LOST_ABANDON, out, why)
+        node.in_flight.clear()
+        for record in reversed(requeue):  # ahead of newer jobs, in their order
+            self.pending.appendleft(record.uid)
+        for uid in node.pinned:
+            self._final(self.jobs[uid], JobEvent.CANCELLED, out, why)
+        node.pinned.clear()
+        if notify:
+            out.append(ev.NotifyNode(node.node_id, NodeStatus.Closed))
+
+    def _resubmit(self, record: JobRecord, failure: str) -> bool:
+        decision = self.recover(record.view(), failure) if self.recover is not None else None
+        if decision == "resubmit":
+            return True
+        if decision == "abandon":
+            return False
+        return self.reentrant
+
+    def _cluster_closing(self, event: ev.ClusterClosing, out: Out) -> None:
+        self.closing = True
+        if event.terminate:
+            why = "Cancelled (cluster closed)"
+            queued = list(self.pending) + self.parked + [uid for n in self.nodes.values() for uid in n.pinned]
+            self.pending.clear()
+            self.parked.clear()
+            for node in self.nodes.values():
+                node.pinned.clear()
+            for uid in queued:
+                self._final(self.jobs[uid], JobEvent.CANCELLED, out, why)
+        for node in list(self.nodes.values()):
+            self._close(node, event.terminate, "Cancelled (cluster closed)", out)
+
+    def _tick(self, event: ev.Tick, out: Out) -> None:
+        """Nothing times out yet; the fault-tolerance work hangs its timers here."""
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self, out: Out) -> None:
+        """Send queued jobs to nodes with room: pinned jobs first, then the scheduler's assignments."""
+        batches: dict[str, list[int]] = {}
+        for node in self.nodes.values():
+            while node.pinned and node.accepting and node.busy < node.capacity:
+                self._send(node, self.jobs[node.pinned.popleft()], out, batches)
+        while self.pending:
+            loads = [n.load() for n in self.nodes.values() if n.accepting and n.busy < n.capacity]
+            if not loads:
+                break
+            free = sum(load.free for load in loads)
+            views = [self.jobs[uid].view() for uid in itertools.islice(self.pending, free)]
+            if not self._assign(self.scheduler.assign(views, loads), out, batches):
+                break
+        for node_id, uids in batches.items():
+            out.append(ev.SendJobs(node_id, tuple(uids)))
+
+    def _assign(self, pairs: Any, out: Out, batches: dict[str, list[int]]) -> int:
+        sent = 0
+        for uid, node_id in pairs or ():
+            node = self.nodes.get(node_id)
+            record = self.jobs.get(uid)
+            if (node is None or record is None or record.node_id is not None or record.pinned is not None
+                    or not node.accepting or node.busy >= node.capacity):
+                continue
+            if self.pending and self.pending[0] == uid:
+                self.pending.popleft()
+            else:
+                try:
+                    self.pending.remove(uid)
+                except ValueError:
+                    continue
+            self._send(node, record, out, batches)
+            sent += 1
+        return sent
+
+    def _send(self, node: NodeRecord, record: JobRecord, out: Out, batches: dict[str, list[int]]) -> None:
+        record.waiting = node.busy >= node.cpus
+        record.node_id = node.node_id
+        record.attempts += 1
+        node.in_flight[record.uid] = record
+        self._move(record, JobEvent.QUEUED_AT_NODE if record.waiting else JobEvent.DISPATCHED, out)
+        batches.setdefault(node.node_id, []).append(record.uid)
+
+    # ------------------------------------------------------------------ transitions
+    def _at(self, uid: int, node_id: str) -> JobRecord | None:
+        """The job, if it is in flight at ``node_id`` (a message about any other job is late)."""
+        node = self.nodes.get(node_id)
+        return node.in_flight.get(uid) if node is not None else None
+
+    def _move(self, record: JobRecord, event: JobEvent, out: Out, reason: str | None = None, outcome: Any = None,
+              notify: bool = True) -> None:
+        previous = record.status
+        record.status = next_status(previous, event)
+        if notify and (record.status != previous or event is JobEvent.PROVISIONAL):
+            out.append(ev.NotifyJob(record.uid, record.status, previous, reason, outcome))
+
+    def _final(self, record: JobRecord, event: JobEvent, out: Out, reason: str | None = None,
+               outcome: Any = None) -> None:
+        self._move(record, event, out, reason, outcome)
+        del self.jobs[record.uid]
+
+    _handlers: dict[type, Callable[[ClusterState, Any, Out], None]] = {
+        ev.JobSubmitted: _submitted,
+        ev.DiscoveryDone: _discovery_done,
+        ev.NodeReady: _node_ready,
+        ev.NodeCpus: _node_cpus,
+        ev.NodeAllocation: _node_allocation,
+        ev.NodeClosing: _node_closing,
+        ev.NodeLost: _node_lost,
+        ev.NodeReleased: _node_released,
+        ev.JobStarted: _started,
+        ev.ResultArrived: _result,
+        ev.ProvisionalArrived: _provisional,
+        ev.Refused: _refused,
+        ev.SendFailed: _send_failed,
+        ev.CancelAsked: _cancel,
+        ev.ClusterClosing: _cluster_closing,
+        ev.Tick: _tick,
+    }
