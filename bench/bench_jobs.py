@@ -382,7 +382,7 @@ def fork_ceiling(forks: int = 300) -> dict[str, float]:
     """
     code = (
         "import gc, os, resource, sys, time\n"
-        "import dispy_core.execution.host, dispy_plugins.serializer_pickle.serializer\n"
+        "import dispy_plugins.executor_host.host, dispy_plugins.serializer_pickle.serializer\n"
         "gc.freeze()\n"
         f"n = {forks}\n"
         "r0 = resource.getrusage(resource.RUSAGE_CHILDREN); c0 = time.process_time(); t0 = time.perf_counter()\n"

@@ -3,12 +3,12 @@
 Jobs inherit the host's namespace (code, depends, setup's globals) copy-on-write, so starting one
 costs a fork, and nothing has to be serialized but the arguments and the result. A setup returning 1
 asks for its globals to be shipped instead: each job then gets its own deserialized copy, installed
-while the job's process waits as a spare (see :mod:`dispy_core.execution.host`).
+while the job's process waits as a spare (see :mod:`dispy_plugins.executor_host.host`).
 """
 
 from __future__ import annotations
 
-from dispy_core.execution.client import HostExecutor
+from dispy_plugins.executor_host.client import HostExecutor
 
 
 class ForkExecutor(HostExecutor):

@@ -8,7 +8,7 @@ a job waits for the computation's load only when jobs arrive faster than interpr
 
 from __future__ import annotations
 
-from dispy_core.execution.client import HostExecutor
+from dispy_plugins.executor_host.client import HostExecutor
 
 
 class SpawnExecutor(HostExecutor):

@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 import pytest
-from test_execution_executors import (  # noqa: F401 - the autouse fixtures apply here too
+from test_executor_host_executors import (  # noqa: F401 - the autouse fixtures apply here too
     Events,
     S,
     _importable_tests,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_execution_executors import (  # noqa: F401 - the autouse fixtures apply here too
+from test_executor_host_executors import (  # noqa: F401 - the autouse fixtures apply here too
     EXECUTORS,
     Events,
     _importable_tests,
@@ -18,9 +18,9 @@ from test_execution_executors import (  # noqa: F401 - the autouse fixtures appl
     run,
 )
 
-from dispy_core.execution import runtime
 from dispy_core.interfaces import JobExecutor, JobOutcome
 from dispy_core.status import JobStatus
+from dispy_plugins.executor_host import runtime
 from dispy_plugins.serializer_pickle.serializer import PickleSerializer
 
 S = PickleSerializer()

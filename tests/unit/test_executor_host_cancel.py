@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_execution_executors import (  # noqa: F401 - the autouse fixtures apply here too
+from test_executor_host_executors import (  # noqa: F401 - the autouse fixtures apply here too
     EXECUTORS,
     Events,
     _importable_tests,
@@ -24,10 +24,10 @@ from test_execution_executors import (  # noqa: F401 - the autouse fixtures appl
     with_executor,
 )
 
-from dispy_core.execution import client, host
 from dispy_core.interfaces import JobExecutor
 from dispy_core.status import JobStatus
 from dispy_plugins.executor_fork.executor import ForkExecutor
+from dispy_plugins.executor_host import client, host
 from dispy_plugins.executor_spawn_windows.executor import SpawnExecutor
 from dispy_plugins.serializer_pickle.serializer import PickleSerializer
 

@@ -1,4 +1,4 @@
-"""The per-computation host process: ``python -m dispy_core.execution.host fork|spawn``.
+"""The per-computation host process: ``python -m dispy_plugins.executor_host.host fork|spawn``.
 
 It owns the computation's namespace (code, depends, setup's globals), starts one process per job,
 and multiplexes with one selector: the node's pipe (stdin/stdout of this process, moved off fds 0/1
@@ -41,13 +41,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dispy_core.execution import ipc, lazylog, namespace, proctree, runtime
-from dispy_core.execution.lazylog import LazyLogger
-from dispy_core.execution.namespace import CompInfo
 from dispy_core.status import JobStatus
+from dispy_plugins.executor_host import ipc, lazylog, namespace, proctree, runtime
+from dispy_plugins.executor_host.lazylog import LazyLogger
+from dispy_plugins.executor_host.namespace import CompInfo
 
 if TYPE_CHECKING:
-    from dispy_core.execution.zygote import ZygoteLink
+    from dispy_plugins.executor_host.zygote import ZygoteLink
 
 logger = LazyLogger("dispynode")
 
@@ -467,7 +467,7 @@ class Host:
         """Fork the fork server (see :mod:`zygote`); without it, this process forks job processes itself."""
         import socket  # fork mode only
 
-        from dispy_core.execution import zygote
+        from dispy_plugins.executor_host import zygote
 
         if not (hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")):
             return  # its job processes' exits must be watchable by pidfd should it die
@@ -569,7 +569,7 @@ class Host:
         assert info is not None
         import subprocess  # spawn mode only: see lazylog's docstring
 
-        popen = subprocess.Popen([sys.executable, "-m", "dispy_core.execution.jobmain"],
+        popen = subprocess.Popen([sys.executable, "-m", "dispy_plugins.executor_host.jobmain"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=info.work_dir,
                                  start_new_session=True)
         assert popen.stdin is not None and popen.stdout is not None

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispy_core.execution import ipc
-from dispy_core.execution.client import _HostLink
 from dispy_core.interfaces import JobOutcome
 from dispy_core.status import JobStatus
+from dispy_plugins.executor_host import ipc
+from dispy_plugins.executor_host.client import _HostLink
 
 
 def test_round_trip_any_chunking() -> None:

@@ -1,4 +1,4 @@
-"""A spawned job process (the Windows model): ``python -m dispy_core.execution.jobmain``.
+"""A spawned job process (the Windows model): ``python -m dispy_plugins.executor_host.jobmain``.
 
 Started ahead of need by the host as a spare: it reads the ``init`` frame (computation, depends,
 setup's globals) and prepares its namespace while idle, then waits for a ``run`` frame, runs that
@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import Any
 
-from dispy_core.execution import ipc, namespace, runtime
+from dispy_plugins.executor_host import ipc, namespace, runtime
 
 
 def main() -> int:

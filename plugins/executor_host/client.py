@@ -17,10 +17,10 @@ import sys
 from typing import Any
 
 from dispy_core.errors import ConfigError, ExecutionError, SetupError
-from dispy_core.execution import ipc, proctree
-from dispy_core.execution.namespace import CompInfo
 from dispy_core.interfaces import ComputationSpec, ExecutorEvents, JobOutcome
 from dispy_core.status import JobStatus
+from dispy_plugins.executor_host import ipc, proctree
+from dispy_plugins.executor_host.namespace import CompInfo
 
 logger = logging.getLogger("dispy.node.executor")
 
@@ -241,7 +241,7 @@ class HostExecutor:
         link = _HostLink(spec.comp_id, events, self.max_frame)
         kwargs: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {}
         try:
-            await loop.subprocess_exec(lambda: link, sys.executable, "-m", "dispy_core.execution.host",
+            await loop.subprocess_exec(lambda: link, sys.executable, "-m", "dispy_plugins.executor_host.host",
                                        self.mode, stdin=asyncio.subprocess.PIPE,
                                        stdout=asyncio.subprocess.PIPE, stderr=None, cwd=str(spec.work_dir),
                                        **kwargs)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_execution_executors import (  # noqa: F401 - the autouse fixtures apply here too
+from test_executor_host_executors import (  # noqa: F401 - the autouse fixtures apply here too
     EXECUTORS,
     Events,
     _importable_tests,

@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any
 
-from dispy_core.execution import ipc
+from dispy_plugins.executor_host import ipc
 
 OUTPUT_CAP = 16 * 1024 * 1024
 """stdout/stderr beyond this many bytes are cut (a note says so) to keep the result frame bounded."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_execution_executors import (  # noqa: F401 - the autouse fixtures apply here too
+from test_executor_host_executors import (  # noqa: F401 - the autouse fixtures apply here too
     EXECUTORS,
     Events,
     S,
@@ -28,10 +28,10 @@ from test_execution_executors import (  # noqa: F401 - the autouse fixtures appl
 )
 
 from dispy_core.errors import ConfigError
-from dispy_core.execution import client as host_client
 from dispy_core.interfaces import JobExecutor
 from dispy_core.status import JobStatus
 from dispy_plugins.executor_fork.executor import ForkExecutor
+from dispy_plugins.executor_host import client as host_client
 
 COUNTING = """
     calls = 0

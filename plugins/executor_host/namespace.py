@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispy_core.execution import runtime
-from dispy_core.execution.lazylog import LazyLogger
+from dispy_plugins.executor_host import runtime
+from dispy_plugins.executor_host.lazylog import LazyLogger
 
 logger = LazyLogger("dispynode")
 

@@ -21,7 +21,7 @@ import signal
 import socket
 from collections.abc import Callable, Iterable
 
-from dispy_core.execution import ipc, proctree
+from dispy_plugins.executor_host import ipc, proctree
 
 MAX_MESSAGE = 256
 
