@@ -141,9 +141,6 @@ class NodeServer:
         self.plugins = DispyPluginManager(self.config)
         self.transport = self.plugins.make_transport("tcp")
         self.serializer = self.plugins.make_serializer(self.config.serializer)
-        # Job processes build the serializer from its class (no plugin machinery there: smaller, cheaper forks).
-        cls = type(self.serializer)
-        self._serializer_class = f"{cls.__module__}:{cls.__qualname__}"
         self.executor: JobExecutor = self.plugins.make_executor()
         self.cpus = resolve_cpus(options.cpus)
         limit = self.config.get("executor.max_jobs_per_process", MAX_JOBS_PER_PROCESS)
@@ -508,7 +505,6 @@ class NodeServer:
 
     def _executor_extra(self, options: dict[str, Any]) -> dict[str, Any]:
         extra: dict[str, Any] = {k: options[k] for k in ("source_complete", "source_modules") if k in options}
-        extra["serializer_class"] = self._serializer_class
         if self.options.init_file:
             extra["init_file"] = self.options.init_file
         if self.options.max_file_size:

@@ -1,9 +1,9 @@
 """A spawned job process (the Windows model): ``python -m dispy_plugins.executor_host.jobmain``.
 
 Started ahead of need by the host as a spare: it reads the ``init`` frame (computation, depends,
-setup's globals) and prepares its namespace while idle, then waits for a ``run`` frame, runs that
-job, writes its frames to stdout's original pipe and exits (or, with ``jobs_per_process`` above 1,
-waits for the next job, up to that many).
+setup's globals, and the serializer the host had its plugin make) and prepares its namespace while
+idle, then waits for a ``run`` frame, runs that job, writes its frames to stdout's original pipe and
+exits (or, with ``jobs_per_process`` above 1, waits for the next job, up to that many).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> int:
     fn: Any = None
     error, interrupted = "", False
     try:
-        serializer = namespace.load_serializer(info)
+        serializer = namespace.serializer_from_blob(blobs[6] if len(blobs) > 6 else b"", info.serializer)
         ns = namespace.install_user_main()
         namespace.install_depends(info, serializer, ns)
         fn = namespace.load_computation(info, serializer, ns)

@@ -444,3 +444,42 @@ def test_close_waits_terminate_kills_and_shutdown_leaves_nothing(cls: Any, tmp_p
         assert psutil.Process().children(recursive=True) == []
 
     run(go())
+
+
+PROBE = """
+def probe():
+    import sys
+    return sorted(name for name in ("threading", "logging", "stevedore", "pluggy", "importlib.metadata")
+                  if name in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("cls", EXECUTORS)
+def test_serializer_comes_from_its_plugin_and_jobs_stay_lean(cls: Any, tmp_path: Path) -> None:
+    """Host and jobs get the serializer by its name through the plugin manager, not from a class path; yet
+    no job process loads stevedore or pluggy, and a forked one not even ``threading`` (whose at-fork
+    handler would double the CPU cost of every fork)."""
+    spec = make_spec(tmp_path, source=PROBE, code_name="probe", extra={"source_complete": True})
+
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        await ex.submit("c1", 1, args())
+        out = await ev.done(1)
+        assert out.status == JobStatus.Finished, out.exception
+        loaded = S.loads(out.result)
+        assert "stevedore" not in loaded and "pluggy" not in loaded and "importlib.metadata" not in loaded
+        if cls is ForkExecutor:
+            assert loaded == []
+
+    run(with_executor(cls, spec, body))
+
+
+@pytest.mark.parametrize("cls", EXECUTORS)
+def test_unknown_serializer_fails_setup_with_the_installed_names(cls: Any, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, source=PROBE, code_name="probe", extra={"source_complete": True})
+    spec.serializer = "no-such-serializer"
+
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        raise AssertionError("opened")
+
+    with pytest.raises(SetupError, match="no serializer plugin named 'no-such-serializer'.*pickle"):
+        run(with_executor(cls, spec, body))
