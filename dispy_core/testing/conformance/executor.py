@@ -265,12 +265,16 @@ async def check_executor_async(make_executor: Callable[[], JobExecutor], seriali
 
 
 async def _leftovers(before: set[int]) -> dict[int, str]:
+    """New child processes still there once none has gone for a second (5 s at most); killed."""
     deadline = time.monotonic() + 5
-    while True:
-        left = {pid: cmd for pid, cmd in _children().items() if pid not in before}
-        if not left or time.monotonic() > deadline:
-            break
+    left = {pid: cmd for pid, cmd in _children().items() if pid not in before}
+    changed = time.monotonic()
+    while left and time.monotonic() < min(deadline, changed + 1.0):
         await asyncio.sleep(0.05)
+        now = {pid: cmd for pid, cmd in _children().items() if pid not in before}
+        if now.keys() != left.keys():
+            changed = time.monotonic()
+        left = now
     _kill(list(left))
     return left
 

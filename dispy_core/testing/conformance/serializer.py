@@ -7,8 +7,11 @@ import datetime
 import decimal
 import fractions
 import math
+import sys
 import textwrap
+import types
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +85,19 @@ def _by_value_code() -> dict[str, Any]:
     return ns
 
 
+def _vanishing_module_function() -> tuple[Any, Callable[[], object]]:
+    """A function of a module that is importable now and gone at ``loads`` time (as on a node)."""
+    name = "dispy_conformance_vanishing_module"
+    module = types.ModuleType(name)
+    exec(textwrap.dedent("""
+        FACTOR = 6
+        def times(x):
+            return x * FACTOR
+    """), module.__dict__)
+    sys.modules[name] = module
+    return module.times, lambda: sys.modules.pop(name, None)
+
+
 def check_serializer(serializer: Serializer) -> None:
     """Check a serializer; AssertionError names what it did wrong.
 
@@ -90,7 +106,8 @@ def check_serializer(serializer: Serializer) -> None:
     Decimal, Fraction, UUID, dataclass instances) and ``loads`` gives back an equal object of the same
     types, from bytes and from a memoryview into a larger buffer (the core keeps payloads as views of
     frames); ``dumps_code`` of a closure, a lambda with defaults, a class and a function using a class,
-    all from a ``__main__`` no module can import, loads into working code; ``loads`` of empty,
+    all from a ``__main__`` no module can import, and of a function whose module is gone when it is
+    loaded, loads into working code; ``loads`` of empty,
     truncated or garbage bytes raises; ``dumps`` of an unserializable object (a generator) raises.
     """
     name = getattr(serializer, "name", None)
@@ -137,11 +154,16 @@ def _check_code(serializer: Serializer, fail: Any) -> None:
         ("a function using a class of __main__", ns["uses_class"], lambda f: f(1) == 13),
         ("a list of functions (depends)", [ns["adder"], ns["scale"]], lambda fs: fs[0](0) + fs[1](1) == 44),
     ]
+    times, forget = _vanishing_module_function()
+    cases.append(("a function of a module the receiver does not have", times, lambda f: f(7) == 42))
     for what, obj, works in cases:
         try:
             blob = serializer.dumps_code(obj)
         except Exception as exc:
             raise fail(f"dumps_code() of {what} raised {type(exc).__name__}: {exc}") from exc
+        finally:
+            if obj is times:
+                forget()
         if not isinstance(blob, bytes):
             raise fail(f"dumps_code() of {what} returned {type(blob).__name__}, not bytes")
         try:
