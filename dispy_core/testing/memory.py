@@ -25,7 +25,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from dispy_core.errors import TransportError
+from dispy_core.errors import MemoryConnectionRefused, TransportError
 from dispy_core.interfaces import StreamHandler
 
 __all__ = ["MemoryConnectionRefused", "MemoryListener", "MemoryNetwork", "MemoryStream", "MemoryTransport"]
@@ -37,15 +37,12 @@ _FIRST_EPHEMERAL_PORT = 49152
 _WILDCARDS = ("", "0.0.0.0", "::")
 
 
-class MemoryConnectionRefused(TransportError, ConnectionRefusedError):
-    """Nothing listens at the address (a ``TransportError`` as the core expects, and an OS-style refusal)."""
-
-
-def _wake(waiters: deque[asyncio.Future[None]]) -> None:
+def _wake(waiters: deque[asyncio.Future[bool]], value: bool = True) -> None:
+    """Wake every waiter; a writer's waiter learns whether its data was read (True) or dropped."""
     while waiters:
         waiter = waiters.popleft()
         if not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(value)
 
 
 class _Pipe:
@@ -57,8 +54,8 @@ class _Pipe:
         self.size = 0
         self.writer_closed = False  # the peer reads the rest, then b''
         self.reader_closed = False  # writes fail: nobody will read them
-        self.readers: deque[asyncio.Future[None]] = deque()
-        self.drainers: deque[asyncio.Future[None]] = deque()
+        self.readers: deque[asyncio.Future[bool]] = deque()
+        self.drainers: deque[asyncio.Future[bool]] = deque()
 
     def put(self, data: bytes | bytearray | memoryview) -> None:
         if data:
@@ -87,7 +84,7 @@ class _Pipe:
         self.reader_closed = True
         self.chunks.clear()
         self.size = 0
-        _wake(self.drainers)
+        _wake(self.drainers, False)
         _wake(self.readers)
 
 
@@ -148,12 +145,11 @@ class MemoryStream:
         self._check_writable()
         pipe = self._out
         pipe.put(data)
-        while pipe.size > pipe.limit and not pipe.reader_closed and not self._closed:
-            waiter = asyncio.get_running_loop().create_future()
+        while pipe.size > pipe.limit:
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             pipe.drainers.append(waiter)
-            await waiter
-        if pipe.reader_closed or self._closed:
-            raise TransportError(f"connection to {self._peer[0]}:{self._peer[1]} closed while writing")
+            if not await waiter:  # closed before the peer read it (once read, a later close is no failure)
+                raise TransportError(f"connection to {self._peer[0]}:{self._peer[1]} closed while writing")
 
     async def close(self) -> None:
         """Close both directions: the peer reads what was written, then ``b''``; safe to call again."""
@@ -167,7 +163,7 @@ class MemoryStream:
         if not graceful:
             self._out.close_reader()
         self._out.close_writer()
-        _wake(self._out.drainers)  # our own write() waiting for the peer gives up
+        _wake(self._out.drainers, False)  # our own write() waiting for the peer gives up
         self._in.close_reader()
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dispy_core.config import Config
+from dispy_core.errors import ExecutionError
 from dispy_core.interfaces import ComputationSpec, JobExecutor, JobOutcome, Serializer
 from dispy_core.status import JobStatus
 
@@ -71,6 +72,9 @@ class _Events:
 
     def job_file(self, comp_id: str, job_uid: int, relpath: str, data: bytes) -> None:
         self._comp(comp_id, "job_file")
+
+    def node_shutdown(self, comp_id: str) -> None:
+        self._comp(comp_id, "node_shutdown")
 
     def job_done(self, comp_id: str, job_uid: int, outcome: JobOutcome) -> None:
         self._comp(comp_id, "job_done")
@@ -138,8 +142,30 @@ class _Check:
             code_name=fn.__name__, py_version=(sys.version_info[0], sys.version_info[1]),
             node_name="conformance-node", node_ip_addr="127.0.0.1")
 
-    async def submit(self, uid: int, mode: str, value: Any) -> None:
-        await self.within(self.ex.submit(COMP_ID, uid, self.s.dumps(((mode, value), {}))), f"submit() of job {uid}")
+    async def submit(self, uid: int, mode: str, value: Any, nowait: bool = False) -> None:
+        args = self.s.dumps(((mode, value), {}))
+        if not nowait:
+            await self.within(self.ex.submit(COMP_ID, uid, args), f"submit() of job {uid}")
+            return
+        try:
+            self.ex.submit_nowait(COMP_ID, uid, args)
+        except Exception as exc:
+            raise self.fail(f"submit_nowait() of job {uid} raised {type(exc).__name__}: {exc}") from exc
+
+    async def refused(self, comp_id: str, why: str) -> None:
+        """submit and submit_nowait raise ExecutionError (``why``: the computation is unknown / closed)."""
+        args = self.s.dumps((("double", 1), {}))
+        for name in ("submit", "submit_nowait"):
+            try:
+                result = getattr(self.ex, name)(comp_id, 99, args)
+                if inspect.isawaitable(result):
+                    await asyncio.wait_for(result, self.timeout)
+            except ExecutionError:
+                continue
+            except Exception as exc:
+                raise self.fail(f"{name}() to a computation that is {why} raised {type(exc).__name__}, "
+                                "not ExecutionError") from exc
+            raise self.fail(f"{name}() to a computation that is {why} did not raise ExecutionError")
 
     async def outcome(self, uid: int, what: str, timeout: float | None = None) -> JobOutcome:
         outcome = await self.within(self.events.done(uid), f"job {uid} ({what}): job_done", timeout)
@@ -164,6 +190,7 @@ class _Check:
             raise self.fail("does not follow the JobExecutor protocol (name, open, submit, cancel, close, shutdown)")
         if not isinstance(getattr(self.ex, "name", None), str) or not self.ex.name:
             raise self.fail("name should be a non-empty str")
+        await self.refused("no-such-computation", "not open")
         await self.within(self.ex.open(self.spec(), self.events), "open() of a function computation")
         await self.jobs()
         await self.cancel()
@@ -174,11 +201,12 @@ class _Check:
         if self.events.wrong_comp:
             raise self.fail(f"callbacks named the wrong computation: {self.events.wrong_comp[0]}")
         await self.within(self.ex.close(COMP_ID), "close() of the computation")
+        await self.refused(COMP_ID, "closed")
 
     async def jobs(self) -> None:
         uids = range(1, 6)
         for uid in uids:
-            await self.submit(uid, "double", uid)
+            await self.submit(uid, "double", uid, nowait=uid > 3)
         for uid in uids:
             outcome = await self.outcome(uid, "a function returning its argument doubled")
             result = self.finished(uid, outcome, "doubling")
@@ -227,12 +255,14 @@ async def check_executor_async(make_executor: Callable[[], JobExecutor], seriali
 
     Checks: ``make_executor()`` follows the JobExecutor protocol with a str ``name``; ``open`` of a
     function computation (code by value from the serializer, with a source fallback) succeeds in a
-    fresh work_dir; five jobs each get exactly one ``job_done`` with a Finished outcome, the right
-    result, their stdout and sane start/end times; a job runs in ``work_dir``; a job raising ends
-    Terminated with the error text; ``cancel`` of a running job returns True and its outcome is
-    Cancelled or Terminated within seconds; ``cancel`` of an ended or unknown job returns False;
-    callbacks name the right computation; ``close`` returns; after ``shutdown`` no child process of
-    this process is left (checked with psutil; leftovers are killed, then reported).
+    fresh work_dir; five jobs (by ``submit`` and ``submit_nowait``) each get exactly one ``job_done``
+    with a Finished outcome, the right result, their stdout and sane start/end times; a job runs in
+    ``work_dir``; a job raising ends Terminated with the error text; ``cancel`` of a running job
+    returns True and its outcome is Cancelled or Terminated within seconds; ``cancel`` of an ended or
+    unknown job returns False; callbacks name the right computation; ``close`` returns; ``submit`` and
+    ``submit_nowait`` raise ExecutionError for a computation not open yet, and after ``close``; after
+    ``shutdown`` no child process of this process is left (checked with psutil; leftovers are killed,
+    then reported).
 
     ``serializer`` defaults to the configured one, ``DispyPluginManager(Config()).make_serializer()``.
     """

@@ -4,7 +4,7 @@ The peer's handler answers one command per connection (the first byte the client
 
 ``E``  echo everything until end of stream, then close;
 ``S``  send ``size`` bytes (8 bytes big-endian after the command) of a known pattern, then close;
-``N``  the same with ``write_nowait`` (the optional fast path), when the stream has it;
+``N``  the same with ``write_nowait`` (the channel's fast path);
 ``C``  close at once.
 """
 
@@ -67,10 +67,9 @@ class _Check:
                         raise EOFError("no size after the command")
                     head += more
                 data = pattern(int.from_bytes(head, "big"), seed=1)
-                nowait = getattr(stream, "write_nowait", None)
-                if command == b"N" and nowait is not None:
+                if command == b"N":
                     for start in range(0, len(data), 100_000):
-                        nowait(data[start:start + 100_000])
+                        stream.write_nowait(data[start:start + 100_000])
                 else:
                     await stream.write(data)
         except Exception as exc:  # reported by the check, as the handler's caller may only log it
@@ -84,8 +83,10 @@ class _Check:
         stream = await self.within(self.transport.connect(host, port, timeout=self.timeout),
                                    f"connect to {host}:{port}")
         if not isinstance(stream, ByteStream):
+            missing = [name for name in ("peer", "read", "write", "write_nowait", "close")
+                       if not hasattr(stream, name)]
             raise self.fail(f"connect() returned {type(stream).__name__}, which lacks ByteStream's "
-                            "peer / read / write / close")
+                            f"{', '.join(missing)}")
         peer = stream.peer
         if not (isinstance(peer, tuple) and len(peer) == 2 and isinstance(peer[0], str)
                 and isinstance(peer[1], int)):
@@ -116,17 +117,22 @@ class _Check:
             raise self.fail(f"read() after end of stream {what} returned {again[:20]!r}, not b''")
 
     async def echo(self, listener: Listener, sizes: tuple[int, ...], write_type: type = bytes,
-                   max_bytes: int = 262144) -> None:
-        """Send pieces of ``sizes`` to the echo peer while reading the echo (both ways at once)."""
+                   max_bytes: int = 262144, nowait: bool = False) -> None:
+        """Send pieces of ``sizes`` to the echo peer while reading the echo (both ways at once); with
+        ``nowait``, every other piece goes by ``write_nowait``, in order with ``write``."""
         stream = await self.connect(listener)
         payloads = [pattern(size, seed=i) for i, size in enumerate(sizes)]
         expected = b"".join(payloads)
-        what = f"the echo of {'+'.join(map(str, sizes))} bytes written as {write_type.__name__}"
+        what = (f"the echo of {'+'.join(map(str, sizes))} bytes written as {write_type.__name__}"
+                f"{' by write and write_nowait in turn' if nowait else ''}")
 
         async def send() -> None:
-            await stream.write(b"E")
-            for payload in payloads:
-                await stream.write(write_type(payload))
+            stream.write_nowait(b"E")
+            for i, payload in enumerate(payloads):
+                if nowait and i % 2:
+                    stream.write_nowait(write_type(payload))
+                else:
+                    await stream.write(write_type(payload))
 
         sender = asyncio.ensure_future(send())
         try:
@@ -183,10 +189,11 @@ class _Check:
         await self.echo(listener, CHUNK_SIZES, write_type=bytearray)
         await self.echo(listener, (5000, 3), write_type=memoryview, max_bytes=10)
         await self.echo(listener, (LARGE,))
+        await self.echo(listener, (10, 70_000, 3, 200_000, 1), nowait=True)
         if not self.server_streams or not all(isinstance(s, ByteStream) for s in self.server_streams):
             raise self.fail("the handler was not given a ByteStream")
         for _ in range(int(self.timeout * 100)):
-            if self.server_eof >= 8:
+            if self.server_eof >= 9:
                 break
             await asyncio.sleep(0.01)
         else:
@@ -229,14 +236,12 @@ class _Check:
             pass
         else:
             raise self.fail("write() after close() did not raise (expected TransportError or OSError)")
-        nowait = getattr(stream, "write_nowait", None)
-        if nowait is not None:
-            try:
-                nowait(b"more")
-            except OSError:
-                pass
-            else:
-                raise self.fail("write_nowait() after close() did not raise (expected TransportError or OSError)")
+        try:
+            stream.write_nowait(b"more")
+        except OSError:
+            pass
+        else:
+            raise self.fail("write_nowait() after close() did not raise (expected TransportError or OSError)")
 
     async def closed_port(self, listener: Listener) -> None:
         host, port = listener.address
@@ -258,8 +263,8 @@ async def check_transport_async(transport: Transport, host: str = "127.0.0.1", t
     with a ``(host, port)`` peer; bytes written as bytes, bytearray and memoryview, in pieces of 1 byte
     to 4 MiB, come back unaltered while both sides write and read at once; ``read(n)`` never returns more
     than ``n``; the peer sees ``b''`` after the client closes, and the client after the peer closes,
-    also when a read is already waiting; 0 bytes then close gives ``b''``; ``write_nowait`` (when the
-    stream has it) delivers in order; eight connections at once do not mix; ``close`` may be called
+    also when a read is already waiting; 0 bytes then close gives ``b''``; ``write_nowait`` delivers,
+    in order with ``write``, both ways; eight connections at once do not mix; ``close`` may be called
     twice; writing after ``close`` raises an OSError (``TransportError`` is one); connecting to a port
     whose listener closed raises an OSError.
     """
