@@ -44,11 +44,19 @@ class _Check:
     def fail(self, what: str) -> AssertionError:
         return AssertionError(f"{self.name}: {what}")
 
-    async def within(self, awaitable: Awaitable[T], what: str, timeout: float | None = None) -> T:
+    async def within(self, awaitable: Awaitable[T], what: str, timeout: float | None = None,
+                     wrap: bool = True) -> T:
+        """Await with a bound; a timeout, and unless ``wrap`` is False any error, becomes an AssertionError."""
         try:
             return await asyncio.wait_for(awaitable, timeout or self.timeout)
         except TimeoutError:
             raise self.fail(f"{what} did not finish within {timeout or self.timeout:g} s") from None
+        except AssertionError:
+            raise
+        except Exception as exc:
+            if not wrap:
+                raise
+            raise self.fail(f"{what} raised {type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------------ the peer
     async def handler(self, stream: ByteStream) -> None:
@@ -135,11 +143,18 @@ class _Check:
                     await stream.write(write_type(payload))
 
         sender = asyncio.ensure_future(send())
+        reader = asyncio.ensure_future(self.read_exactly(stream, len(expected), what, max_bytes))
         try:
-            got = await self.read_exactly(stream, len(expected), what, max_bytes)
-            await self.within(sender, f"writing {what}")
+            await asyncio.wait({sender, reader}, timeout=3 * self.timeout, return_when=asyncio.FIRST_EXCEPTION)
+            if sender.done() and sender.exception() is not None:
+                exc = sender.exception()
+                raise self.fail(f"writing {what} raised {type(exc).__name__}: {exc}") from exc
+            got = await reader
+            if not sender.done():
+                raise self.fail(f"writing {what} did not finish although the echo came back")
         finally:
             sender.cancel()
+            reader.cancel()
         if got != expected:
             at = next(i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b)
             raise self.fail(f"{what}: bytes differ from offset {at} (data altered or reordered)")
@@ -231,15 +246,19 @@ class _Check:
         await self.within(stream.write(b"E"), "writing a request")
         await self.within(stream.close(), "close()")
         try:
-            await self.within(stream.write(b"more"), "write() after close()")
+            await self.within(stream.write(b"more"), "write() after close()", wrap=False)
         except OSError:
             pass
+        except Exception as exc:
+            raise self.fail(f"write() after close() raised {type(exc).__name__}, not an OSError") from exc
         else:
             raise self.fail("write() after close() did not raise (expected TransportError or OSError)")
         try:
             stream.write_nowait(b"more")
         except OSError:
             pass
+        except Exception as exc:
+            raise self.fail(f"write_nowait() after close() raised {type(exc).__name__}, not an OSError") from exc
         else:
             raise self.fail("write_nowait() after close() did not raise (expected TransportError or OSError)")
 
@@ -247,9 +266,12 @@ class _Check:
         host, port = listener.address
         try:
             stream = await self.within(self.transport.connect(host, port, timeout=self.timeout),
-                                       f"connect to the closed port {host}:{port}")
+                                       f"connect to the closed port {host}:{port}", wrap=False)
         except OSError:
             return
+        except Exception as exc:
+            raise self.fail(f"connect to the closed port {host}:{port} raised {type(exc).__name__}, "
+                            "not an OSError (TransportError is one)") from exc
         with contextlib.suppress(Exception):
             await stream.close()
         raise self.fail(f"connect to {host}:{port} after its listener closed did not raise "
