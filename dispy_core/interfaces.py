@@ -28,9 +28,16 @@ class ByteStream(Protocol):
         """Queue ``data`` and wait until the transport's buffer has drained enough."""
         ...
 
-    async def close(self) -> None: ...
+    def write_nowait(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` at once, without waiting for the buffer to drain, in order with :meth:`write`.
 
-    # Optional: ``write_nowait(data)`` queues without waiting (Channel.send_nowait uses it when present).
+        Raises ``TransportError`` (or ``OSError``) when the stream is closed. The channel writes the parts
+        of one frame with it back to back, so that no other frame comes between them, and sends replies
+        and results with it (no task per message).
+        """
+        ...
+
+    async def close(self) -> None: ...
 
 
 class Listener(Protocol):
@@ -150,8 +157,10 @@ class ExecutorEvents(Protocol):
 
     def job_done(self, comp_id: str, job_uid: int, outcome: JobOutcome) -> None: ...
 
-    # Optional: ``node_shutdown(comp_id)``, when the computation's setup, cleanup or a job called
-    # ``dispynode_shutdown()``; executors call it only if the events object has it.
+    def node_shutdown(self, comp_id: str) -> None:
+        """The computation's setup, cleanup or one of its jobs called ``dispynode_shutdown()``; the node
+        decides whether to obey (``--client_shutdown``)."""
+        ...
 
 
 @runtime_checkable
@@ -165,10 +174,14 @@ class JobExecutor(Protocol):
         ...
 
     async def submit(self, comp_id: str, job_uid: int, args: bytes) -> None:
-        """Start one job (its own process); completion arrives through ``events.job_done``.
+        """Start one job (its own process); completion arrives through ``events.job_done``."""
+        ...
 
-        An executor may also offer ``submit_nowait(comp_id, job_uid, args)``, the same without a
-        coroutine (raising what ``submit`` raises); the node then calls it, saving a task per job.
+    def submit_nowait(self, comp_id: str, job_uid: int, args: bytes) -> None:
+        """:meth:`submit` without a coroutine: start the job (or queue what starts it) and return at once,
+        raising what ``submit`` raises (``ExecutionError``: computation unknown, broken or closing, a job
+        already running under that uid, arguments above the executor's bound). The node's hot path calls
+        it, saving a task per job; an executor that has to wait may schedule a task of its own here.
         """
         ...
 
@@ -207,6 +220,18 @@ class NodeLoad:
     def free(self) -> int:
         """Jobs the node can take now (``capacity`` defaults to ``cpus``)."""
         return max(0, (self.capacity or self.cpus) - self.busy)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """A snapshot of a node found by a cluster, for decision hooks (``dispy_allocate``)."""
+
+    ip_addr: str
+    port: int
+    name: str
+    cpus: int
+    platform: str = ""
+    avail_info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

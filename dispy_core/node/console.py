@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
+from dispy_core.channel import _fmt
+
 if TYPE_CHECKING:
     from dispy_core.node.server import NodeServer
 
@@ -57,7 +59,7 @@ class Console:
         return handler(args)
 
     def _cmd_status(self, args: list[str]) -> str:
-        return "\n".join(self.server.status_lines())
+        return "\n".join(status_lines(self.server))
 
     def _cmd_help(self, args: list[str]) -> str:
         return HELP
@@ -135,3 +137,24 @@ class Console:
             print(text, file=self.out, flush=True)
         except (OSError, ValueError):  # nobody reads the console any more; the node goes on
             pass
+
+
+def status_lines(server: NodeServer) -> list[str]:
+    """The console's ``status``: the node, then each computation with its client and jobs."""
+    total = os.cpu_count() or 1
+    state = "accepting jobs" if server.state.cap else f"not accepting jobs: {server.not_accepting_reason()}"
+    lines = [f"dispynode {server.name} at {_fmt(server.address)}: {server.cpus} of {total} CPUs served, "
+             f"{server.busy} busy, {server.jobs_done} jobs done; {state}"]
+    if server.options.service.active:
+        lines.append(f"  service window: {server.service_state.value}")
+    if not server.computations:
+        lines.append("  no computations")
+    for comp in server.computations.values():
+        client = _fmt(comp.channel.peer) + (" (connection closed)" if comp.channel.closed else "")
+        record = server.state.comps.get(comp.comp_id)
+        running, done = (len(record.running), record.jobs_done) if record else (0, 0)
+        lines.append(f"  computation {comp.name} ({comp.comp_id}) from client {client}: "
+                     f"{running} running, {done} done")
+    if server.options.serve:
+        lines.append(f"  computations served: {server._served} of {server.options.serve}")
+    return lines

@@ -7,8 +7,6 @@ It never runs user code and never loads user data: computations and jobs go to t
 from __future__ import annotations
 
 import asyncio
-import collections
-import itertools
 import logging
 import os
 import platform
@@ -20,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil
 
@@ -29,20 +27,20 @@ from dispy_core.channel import Channel, _fmt
 from dispy_core.config import Config
 from dispy_core.errors import ConfigError, DispyError, ExecutionError, ProtocolError, SetupError, UnsafePathError
 from dispy_core.interfaces import ByteStream, ComputationSpec, JobExecutor, JobOutcome, Listener
+from dispy_core.node.files import ComputationFiles
+from dispy_core.node.jobs import JobRunner
+from dispy_core.node.liveness import avail_info, pulse_loop, send_quietly, zombie_loop
 from dispy_core.node.service import ServiceState, ServiceWindow, minute_of_day
 from dispy_core.paths import check_relpath, safe_join
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol import messages as m
-from dispy_core.status import JobStatus
+from dispy_core.state import events as ev
+from dispy_core.state.node import NodeState
 
 log = logging.getLogger("dispy.node")
 
-FILE_CHUNK = 4 << 20
-REFUSAL_DELAY = 1.0
 MAX_JOBS_PER_PROCESS = 100_000
 """Default bound on a client's ``jobs_per_process`` (node config ``executor.max_jobs_per_process``)."""
-"""Seconds a node that accepts no jobs (stopped, outside its service window, quitting) holds a refusal:
-the client re-queues a refused job at once, so this bounds the refusals to one per job per second."""
 
 
 @dataclass
@@ -73,22 +71,24 @@ class NodeOptions:
 
 @dataclass
 class HostedComputation:
+    """What the node driver keeps of a computation: its client, files and the bytes of waiting jobs.
+
+    CPUs, waiting lines and running jobs are ``NodeState``'s."""
+
     comp_id: str
     name: str
     channel: Channel
-    work_dir: Path
+    files: ComputationFiles
     cleanup_files: bool
-    cpus: int = 0
+    spec: ComputationSpec | None = None
     ready: bool = False
     closing: bool = False
-    queued: collections.deque[tuple[int, m.JobSubmit]] = field(default_factory=collections.deque)
-    """Jobs accepted while every CPU is busy (at most ``cpus`` of them): each starts the moment a CPU
-    frees, without waiting a round trip to the client. That keeps CPUs busy between jobs."""
-    running: set[int] = field(default_factory=set)
-    job_files: dict[int, list[Path]] = field(default_factory=dict)
-    open_files: dict[str, tuple[IO[bytes], int, int]] = field(default_factory=dict)
-    spec_kwargs: dict[str, Any] = field(default_factory=dict)
-    jobs_done: int = 0
+    held: dict[int, m.JobSubmit] = field(default_factory=dict)
+    """Jobs accepted and not yet started or refused, by uid."""
+
+    @property
+    def work_dir(self) -> Path:
+        return self.files.work_dir
 
 
 def resolve_cpus(requested: int) -> int:
@@ -117,22 +117,12 @@ def default_host() -> str:
     return "127.0.0.1"
 
 
-def avail_info(path: Path) -> dict[str, Any]:
-    """Availability the client's ``DispyNodeAvailInfo`` carries: free CPU %, memory, disk, free swap %."""
-    try:
-        disk = shutil.disk_usage(path).free
-    except OSError:
-        disk = 0
-    return {
-        "cpu": 100.0 - psutil.cpu_percent(interval=None),
-        "memory": psutil.virtual_memory().available,
-        "disk": disk,
-        "swap": 100.0 - psutil.swap_memory().percent,
-    }
-
-
 class NodeServer:
-    """One dispynode: a listener, its clients' channels, and the executor that runs jobs."""
+    """One dispynode: a listener, its clients' channels, and the executor that runs jobs.
+
+    Which job runs when is ``NodeState``'s decision (``self.state``); this class does the I/O: it turns
+    messages, executor callbacks and the operator's commands into events and carries out the
+    instructions that come back (``_apply``)."""
 
     def __init__(self, options: NodeOptions, config: Config | None = None,
                  clock: Callable[[], datetime] | None = None) -> None:
@@ -142,7 +132,6 @@ class NodeServer:
         self.transport = self.plugins.make_transport("tcp")
         self.serializer = self.plugins.make_serializer(self.config.serializer)
         self.executor: JobExecutor = self.plugins.make_executor()
-        self.cpus = resolve_cpus(options.cpus)
         limit = self.config.get("executor.max_jobs_per_process", MAX_JOBS_PER_PROCESS)
         if type(limit) is not int or limit < 1:
             raise ConfigError(f"executor.max_jobs_per_process must be an integer of at least 1, not {limit!r}")
@@ -152,8 +141,7 @@ class NodeServer:
         prefix = options.dest_path_prefix or os.path.join(
             os.environ.get("TMPDIR", "/tmp"), f"dispy-node-{os.getuid() if hasattr(os, 'getuid') else 0}")
         self.dest_path_prefix = Path(prefix).resolve()
-        self.busy = 0
-        self.jobs_done = 0
+        self.state = NodeState(resolve_cpus(options.cpus))
         self.computations: dict[str, HostedComputation] = {}
         self.channels: set[Channel] = set()
         self.listener: Listener | None = None
@@ -162,13 +150,28 @@ class NodeServer:
         self.service_state = ServiceState.OPEN
         self.quitting = False
         self.clock: Callable[[], datetime] = clock or datetime.now
-        self._cap = self.cpus  # CPUs usable by new jobs: 0 while not accepting (one comparison per submit)
         self._served = 0
         self._closing = 0
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pulsing: set[Channel] = set()
-        self._arrivals = itertools.count()
+        self.jobs = JobRunner(self)
+
+    @property
+    def cpus(self) -> int:
+        return self.state.cpus
+
+    @property
+    def busy(self) -> int:
+        return self.state.busy
+
+    @property
+    def jobs_done(self) -> int:
+        return self.state.jobs_done
+
+    @property
+    def avail_cpus(self) -> int:
+        return self.state.avail_cpus
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> tuple[str, int]:
@@ -186,7 +189,8 @@ class NodeServer:
         if self.options.service.active:
             self._spawn(self._service_loop())
         if self.options.zombie_interval > 0:
-            self._spawn(self._zombie_loop(self.options.zombie_interval * 60.0))
+            self._spawn(zombie_loop(self.options.zombie_interval * 60.0, lambda: self.channels, self._stopped,
+                                    self._drop_zombie, self._spawn))
         if self.options.init_file:
             log.info("--init %s runs in each computation's host process, before its setup",
                      self.options.init_file)
@@ -212,7 +216,7 @@ class NodeServer:
         if self.quitting:
             return
         self.quitting = True
-        self._update_cap()
+        self._update_capacity()
         log.info("dispynode %s quits after its %d running jobs%s", self.name, self.busy, f" ({why})" if why else "")
         self._maybe_quit()
 
@@ -228,141 +232,6 @@ class NodeServer:
     @property
     def stopped(self) -> bool:
         return self._stopped.is_set()
-
-    # ------------------------------------------------------------------ what may run
-    def _update_cap(self) -> None:
-        open_ = self.accepting and not self.quitting and self.service_state is ServiceState.OPEN
-        self._cap = self.cpus if open_ else 0
-        if not hasattr(self, "computations"):
-            return  # still in __init__
-        if self._cap == 0:
-            for comp in list(self.computations.values()):
-                self._drop_queued(comp, self.not_accepting_reason() or "node not accepting jobs")
-        else:
-            self._start_queued()
-
-    @property
-    def avail_cpus(self) -> int:
-        return max(0, self._cap - self.busy)
-
-    def not_accepting_reason(self) -> str:
-        if self.quitting:
-            return "node is shutting down"
-        if self.service_state is not ServiceState.OPEN:
-            return f"node is outside its service window ({self.service_state.value})"
-        if not self.accepting:
-            return "node was stopped by its operator"
-        return ""
-
-    def set_accepting(self, accepting: bool) -> None:
-        self.accepting = accepting
-        self._update_cap()
-        log.info("dispynode %s %s new jobs", self.name, "accepts" if accepting else "accepts no")
-
-    def set_cpus(self, requested: int) -> int:
-        """Serve ``requested`` CPUs (0 = all, negative = all but); ValueError if impossible."""
-        self.cpus = resolve_cpus(requested)
-        self._update_cap()
-        log.info("dispynode %s now serves %d CPUs", self.name, self.cpus)
-        return self.cpus
-
-    def apply_service_state(self) -> ServiceState:
-        """Follow the service window at the clock's current time; at its end, terminate running jobs."""
-        now = self.clock()
-        state = self.options.service.state_at(minute_of_day(now.hour, now.minute, now.second))
-        if state is not self.service_state:
-            log.info("dispynode %s service window: %s", self.name, state.value)
-            self.service_state = state
-            self._update_cap()
-            if state is ServiceState.ENDED:
-                self._terminate_running("the node's service window ended")
-        return state
-
-    def _terminate_running(self, why: str) -> None:
-        for comp in list(self.computations.values()):
-            for uid in list(comp.running):
-                log.info("terminating job %s of %s: %s", uid, comp.name, why)
-                self._spawn(self.executor.cancel(comp.comp_id, uid, grace=0.0))
-
-    async def _service_loop(self) -> None:
-        window = self.options.service
-        while not self._stopped.is_set():
-            state_time = self.clock()
-            wait = window.minutes_to_next_change(minute_of_day(state_time.hour, state_time.minute,
-                                                               state_time.second))
-            # re-check at least every 30 s: the wall clock may jump (NTP, suspend)
-            await asyncio.sleep(min(30.0, 0.05 + 60.0 * wait) if wait is not None else 30.0)
-            self.apply_service_state()
-
-    # ------------------------------------------------------------------ dead clients
-    async def _zombie_loop(self, limit: float) -> None:
-        """Close what a client left when its connection has been silent ``limit`` s (no frame received);
-        at half that, ping it, so a client that answers pings stays alive while idle."""
-        period = max(0.05, min(limit / 4.0, 30.0))
-        loop = asyncio.get_running_loop()
-        seen: dict[Channel, tuple[int, float, bool]] = {}  # rx_bytes, since when, pinged
-        while not self._stopped.is_set():
-            await asyncio.sleep(period)
-            now = loop.time()
-            for channel in list(self.channels):
-                rx = channel.rx_bytes
-                last = seen.get(channel)
-                if last is None or last[0] != rx:
-                    seen[channel] = (rx, now, False)
-                    continue
-                silent = now - last[1]
-                if silent >= limit:
-                    seen.pop(channel, None)
-                    self._spawn(self._drop_zombie(channel, silent))
-                elif silent >= limit / 2 and not last[2] and not channel.closed:
-                    seen[channel] = (rx, last[1], True)
-                    self._spawn(self._send_quietly(channel, m.Ping(channel.next_req_id())))
-            for channel in [c for c in seen if c not in self.channels]:
-                del seen[channel]
-
-    async def _drop_zombie(self, channel: Channel, silent: float) -> None:
-        comps = [c for c in self.computations.values() if c.channel is channel]
-        log.warning("client %s silent for %.1f s (zombie_interval %g min): presumed dead; closing %s",
-                    _fmt(channel.peer), silent, self.options.zombie_interval,
-                    ", ".join(c.name for c in comps) or "its connection")
-        for comp in comps:
-            await self._close_computation(comp, terminate=True)
-        await channel.close("client presumed dead (zombie_interval)")
-
-    async def _send_quietly(self, channel: Channel, msg: m.Message) -> None:
-        try:
-            await channel.send(msg)
-        except (DispyError, OSError):
-            pass
-
-    # ------------------------------------------------------------------ console operations
-    def release(self) -> list[str]:
-        """Free the node from its clients: close every computation (terminating its jobs) and the
-        clients' connections; returns the computations' names."""
-        names = []
-        for comp in list(self.computations.values()):
-            names.append(f"{comp.name} ({_fmt(comp.channel.peer)})")
-            self._spawn(self._close_computation(comp, terminate=True))
-        for channel in list(self.channels):
-            self._spawn(channel.close("released by the node's operator"))
-        return names
-
-    def status_lines(self) -> list[str]:
-        total = os.cpu_count() or 1
-        state = "accepting jobs" if self._cap else f"not accepting jobs: {self.not_accepting_reason()}"
-        lines = [f"dispynode {self.name} at {_fmt(self.address)}: {self.cpus} of {total} CPUs served, "
-                 f"{self.busy} busy, {self.jobs_done} jobs done; {state}"]
-        if self.options.service.active:
-            lines.append(f"  service window: {self.service_state.value}")
-        if not self.computations:
-            lines.append("  no computations")
-        for comp in self.computations.values():
-            client = _fmt(comp.channel.peer) + (" (connection closed)" if comp.channel.closed else "")
-            lines.append(f"  computation {comp.name} ({comp.comp_id}) from client {client}: "
-                         f"{len(comp.running)} running, {comp.jobs_done} done")
-        if self.options.serve:
-            lines.append(f"  computations served: {self._served} of {self.options.serve}")
-        return lines
 
     async def stop(self) -> None:
         """Stop accepting, end every job and computation, leave no process behind."""
@@ -388,6 +257,74 @@ class NodeServer:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("internal task failed", exc_info=task.exception())
+
+    # ------------------------------------------------------------------ what may run
+    def not_accepting_reason(self) -> str:
+        if self.quitting:
+            return "node is shutting down"
+        if self.service_state is not ServiceState.OPEN:
+            return f"node is outside its service window ({self.service_state.value})"
+        if not self.accepting:
+            return "node was stopped by its operator"
+        return ""
+
+    def _update_capacity(self) -> None:
+        self._apply(self.state.handle(ev.NodeCapacity(self.state.cpus, self.not_accepting_reason())))
+
+    def set_accepting(self, accepting: bool) -> None:
+        self.accepting = accepting
+        self._update_capacity()
+        log.info("dispynode %s %s new jobs", self.name, "accepts" if accepting else "accepts no")
+
+    def set_cpus(self, requested: int) -> int:
+        """Serve ``requested`` CPUs (0 = all, negative = all but); ValueError if impossible."""
+        cpus = resolve_cpus(requested)
+        self._apply(self.state.handle(ev.NodeCapacity(cpus, self.not_accepting_reason())))
+        log.info("dispynode %s now serves %d CPUs", self.name, self.cpus)
+        return self.cpus
+
+    def apply_service_state(self) -> ServiceState:
+        """Follow the service window at the clock's current time; at its end, terminate running jobs."""
+        now = self.clock()
+        state = self.options.service.state_at(minute_of_day(now.hour, now.minute, now.second))
+        if state is not self.service_state:
+            log.info("dispynode %s service window: %s", self.name, state.value)
+            self.service_state = state
+            self._update_capacity()
+            if state is ServiceState.ENDED:
+                self._apply(self.state.handle(ev.TerminateRunning("the node's service window ended")))
+        return state
+
+    async def _service_loop(self) -> None:
+        window = self.options.service
+        while not self._stopped.is_set():
+            state_time = self.clock()
+            wait = window.minutes_to_next_change(minute_of_day(state_time.hour, state_time.minute,
+                                                               state_time.second))
+            # re-check at least every 30 s: the wall clock may jump (NTP, suspend)
+            await asyncio.sleep(min(30.0, 0.05 + 60.0 * wait) if wait is not None else 30.0)
+            self.apply_service_state()
+
+    async def _drop_zombie(self, channel: Channel, silent: float) -> None:
+        comps = [c for c in self.computations.values() if c.channel is channel]
+        log.warning("client %s silent for %.1f s (zombie_interval %g min): presumed dead; closing %s",
+                    _fmt(channel.peer), silent, self.options.zombie_interval,
+                    ", ".join(c.name for c in comps) or "its connection")
+        for comp in comps:
+            await self._close_computation(comp, terminate=True)
+        await channel.close("client presumed dead (zombie_interval)")
+
+    # ------------------------------------------------------------------ console operations
+    def release(self) -> list[str]:
+        """Free the node from its clients: close every computation (terminating its jobs) and the
+        clients' connections; returns the computations' names."""
+        names = []
+        for comp in list(self.computations.values()):
+            names.append(f"{comp.name} ({_fmt(comp.channel.peer)})")
+            self._spawn(self._close_computation(comp, terminate=True))
+        for channel in list(self.channels):
+            self._spawn(channel.close("released by the node's operator"))
+        return names
 
     # ------------------------------------------------------------------ connections
     async def _serve(self, stream: ByteStream) -> None:
@@ -415,7 +352,7 @@ class NodeServer:
         handler = self._handlers.get(type(msg))
         if handler is None:
             channel.send_nowait(m.Error("unexpected", f"node does not accept {type(msg).__name__}",
-                                             getattr(msg, "req_id", 0)))
+                                        getattr(msg, "req_id", 0)))
             return
         try:
             handler(self, channel, msg)
@@ -426,9 +363,8 @@ class NodeServer:
 
     async def _reply_error(self, channel: Channel, req_id: int, code: str, text: str) -> None:
         if not channel.closed:
-            await self._send_quietly(channel, m.Error(code, text, req_id))
+            await send_quietly(channel, m.Error(code, text, req_id))
 
-    # ------------------------------------------------------------------ node info
     def _on_info(self, channel: Channel, msg: m.NodeInfoRequest) -> None:
         info = m.NodeInfo(req_id=msg.req_id, name=self.name, ip_addr=self.host, cpus=self.cpus,
                           avail_cpus=self.avail_cpus, platform=platform.platform(),
@@ -444,16 +380,12 @@ class NodeServer:
                 fields.update(extra)
         return fields
 
+    def _pulse(self) -> m.Pulse:
+        return m.Pulse(busy=self.busy, avail_cpus=self.avail_cpus, avail_info=self.pulse_fields())
+
     async def _pulse_loop(self, channel: Channel, interval: float) -> None:
         try:
-            while not channel.closed and not self._stopped.is_set():
-                await asyncio.sleep(interval)
-                if channel.closed:
-                    break
-                await channel.send(m.Pulse(busy=self.busy, avail_cpus=self.avail_cpus,
-                                           avail_info=self.pulse_fields()))
-        except (DispyError, OSError):
-            pass
+            await pulse_loop(channel, interval, self._pulse, self._stopped)
         finally:
             self._pulsing.discard(channel)
 
@@ -466,33 +398,21 @@ class NodeServer:
     # ------------------------------------------------------------------ computations
     def _on_open(self, channel: Channel, msg: m.ComputationOpen) -> None:
         try:
-            if self.quitting or self._stopped.is_set():
-                raise ExecutionError(f"node {self.name} is shutting down")
-            if self.options.serve and self._served >= self.options.serve:
-                raise ExecutionError(f"node {self.name} has served the {self.options.serve} computations it "
-                                     f"was started for (--serve) and takes no more")
-            if msg.comp_id in self.computations:
-                raise ExecutionError(f"computation {msg.comp_id} is already open on this node")
-            check_relpath(msg.comp_id)
-            if msg.dest_path:
-                work_dir = safe_join(self.dest_path_prefix, msg.dest_path)
-            else:
-                work_dir = self.dest_path_prefix / msg.comp_id
-            work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            work_dir = self._admit(msg)
         except (DispyError, OSError, ValueError) as exc:
             channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, False, error=str(exc)))
             return
-        comp = HostedComputation(msg.comp_id, msg.name, channel, work_dir,
+        comp = HostedComputation(msg.comp_id, msg.name, channel, ComputationFiles(work_dir, self.options.max_file_size),
                                  cleanup_files=msg.cleanup_files or self.options.force_cleanup)
-        comp.cpus = min(self.cpus, msg.cpus) if msg.cpus > 0 else self.cpus
-        comp.spec_kwargs = dict(
+        comp.spec = ComputationSpec(
             comp_id=msg.comp_id, name=msg.name, kind=msg.kind, work_dir=work_dir,
             serializer=self.serializer.name, code=msg.code, source=msg.source, code_name=msg.code_name,
-            program=msg.program, py_version=tuple(msg.py_version[:2]) if msg.py_version else (0, 0),
-            depends_code=msg.depends_code, setup=msg.setup, cleanup=msg.cleanup, setup_args=msg.setup_args,
-            node_name=self.name, node_ip_addr=self.host, setup_timeout=msg.setup_timeout,
+            program=msg.program, py_version=(msg.py_version[0], msg.py_version[1]) if len(msg.py_version) >= 2
+            else (0, 0), depends_code=msg.depends_code, setup=msg.setup, cleanup=msg.cleanup,
+            setup_args=msg.setup_args, node_name=self.name, node_ip_addr=self.host, setup_timeout=msg.setup_timeout,
             extra=self._executor_extra(msg.options))
         self.computations[msg.comp_id] = comp
+        self._apply(self.state.handle(ev.CompOpened(msg.comp_id, msg.cpus)))
         self._served += 1
         interval = msg.options.get("pulse_interval")
         if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0 \
@@ -500,8 +420,27 @@ class NodeServer:
             self._pulsing.add(channel)
             self._spawn(self._pulse_loop(channel, max(0.1, float(interval))))
         log.info("computation %s (%s) from %s opened in %s", msg.name, msg.comp_id, _fmt(channel.peer), work_dir)
-        channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, True, cpus=comp.cpus,
-                                                    dest_path=str(work_dir)))
+        channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, True, cpus=self._comp_cpus(msg.comp_id),
+                                               dest_path=str(work_dir)))
+
+    def _admit(self, msg: m.ComputationOpen) -> Path:
+        """The computation's directory, made; raises with the reason when the node cannot take it."""
+        if self.quitting or self._stopped.is_set():
+            raise ExecutionError(f"node {self.name} is shutting down")
+        if self.options.serve and self._served >= self.options.serve:
+            raise ExecutionError(f"node {self.name} has served the {self.options.serve} computations it "
+                                 f"was started for (--serve) and takes no more")
+        if msg.comp_id in self.computations:
+            raise ExecutionError(f"computation {msg.comp_id} is already open on this node")
+        check_relpath(msg.comp_id)
+        work_dir = safe_join(self.dest_path_prefix, msg.dest_path) if msg.dest_path \
+            else self.dest_path_prefix / msg.comp_id
+        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return work_dir
+
+    def _comp_cpus(self, comp_id: str) -> int:
+        record = self.state.comps.get(comp_id)
+        return record.cpus if record is not None else 0
 
     def _executor_extra(self, options: dict[str, Any]) -> dict[str, Any]:
         extra: dict[str, Any] = {k: options[k] for k in ("source_complete", "source_modules") if k in options}
@@ -520,18 +459,20 @@ class NodeServer:
             self._spawn(self._setup(comp, msg.req_id))
 
     async def _setup(self, comp: HostedComputation, req_id: int) -> None:
-        spec = ComputationSpec(**comp.spec_kwargs)
+        assert comp.spec is not None
         try:
-            await self.executor.open(spec, _Events(self))
+            await self.executor.open(comp.spec, _Events(self))
         except (SetupError, ExecutionError, OSError) as exc:
             log.warning("setup of computation %s failed: %s", comp.name, exc)
             self.computations.pop(comp.comp_id, None)
+            self._apply(self.state.handle(ev.CompClosed(comp.comp_id, time.time())))
             self._remove_files(comp)
-            await self._send_quietly(comp.channel, m.ComputationReady(req_id, comp.comp_id, False, error=str(exc)))
+            await send_quietly(comp.channel, m.ComputationReady(req_id, comp.comp_id, False, error=str(exc)))
             self._check_served()
             return
         comp.ready = True
-        await comp.channel.send(m.ComputationReady(req_id, comp.comp_id, True, cpus=comp.cpus,
+        self._apply(self.state.handle(ev.CompReady(comp.comp_id)))
+        await comp.channel.send(m.ComputationReady(req_id, comp.comp_id, True, cpus=self._comp_cpus(comp.comp_id),
                                                    dest_path=str(comp.work_dir)))
 
     def _on_close(self, channel: Channel, msg: m.ComputationClose) -> None:
@@ -548,7 +489,7 @@ class NodeServer:
         if self.computations.get(comp.comp_id) is not comp or comp.closing:
             return
         comp.closing = True  # no new jobs; results of running ones still reach the client
-        self._drop_queued(comp, "computation closing")
+        self._apply(self.state.handle(ev.CompClosing(comp.comp_id)))
         self._closing += 1
         try:
             if comp.ready:
@@ -560,10 +501,9 @@ class NodeServer:
             self._remove_files(comp)
         finally:
             self._closing -= 1
-        for uid in list(comp.running):  # jobs the executor never reported: free their CPUs
-            comp.running.discard(uid)
-            self.busy -= 1
-        log.info("computation %s (%s) closed after %d jobs", comp.name, comp.comp_id, comp.jobs_done)
+        done = self.state.comps[comp.comp_id].jobs_done if comp.comp_id in self.state.comps else 0
+        self._apply(self.state.handle(ev.CompClosed(comp.comp_id, time.time())))  # frees unreported jobs' CPUs
+        log.info("computation %s (%s) closed after %d jobs", comp.name, comp.comp_id, done)
         self._check_served()
         self._maybe_quit()
 
@@ -573,11 +513,7 @@ class NodeServer:
             self.request_quit(f"served {serve} computation{'s' if serve > 1 else ''}")
 
     def _remove_files(self, comp: HostedComputation) -> None:
-        for handle, _, _ in comp.open_files.values():
-            handle.close()
-        comp.open_files.clear()
-        if comp.cleanup_files and comp.work_dir.is_relative_to(self.dest_path_prefix):
-            shutil.rmtree(comp.work_dir, ignore_errors=True)
+        comp.files.remove(self.dest_path_prefix, comp.cleanup_files)
 
     def _owned(self, channel: Channel, comp_id: str, req_id: int) -> HostedComputation | None:
         comp = self.computations.get(comp_id)
@@ -587,177 +523,30 @@ class NodeServer:
             return None
         return comp
 
-    # ------------------------------------------------------------------ files
     def _on_file(self, channel: Channel, msg: m.FileChunk) -> None:
         comp = self._owned(channel, msg.comp_id, msg.req_id)
         if comp is None:
             return
         try:
-            ack = self._write_chunk(comp, msg)
+            complete = comp.files.write(msg)
         except (UnsafePathError, OSError, ValueError) as exc:
-            entry = comp.open_files.pop(msg.relpath, None)
-            if entry is not None:
-                entry[0].close()
             log.warning("file %r for %s refused: %s", msg.relpath, comp.name, exc)
             channel.send_nowait(m.FileAck(msg.req_id, False, str(exc)))
             return
-        if ack:
+        if complete:
             channel.send_nowait(m.FileAck(msg.req_id, True))
 
-    def _write_chunk(self, comp: HostedComputation, msg: m.FileChunk) -> bool:
-        limit = self.options.max_file_size
-        if limit and msg.size > limit:
-            raise ValueError(f"file {msg.relpath!r} is {msg.size} bytes, above this node's "
-                             f"max_file_size of {limit} bytes")
-        if msg.size < 0 or msg.offset < 0 or msg.offset + len(msg.data) > msg.size:
-            raise ValueError(f"file {msg.relpath!r}: chunk outside the declared size {msg.size}")
-        entry = comp.open_files.get(msg.relpath)
-        if msg.offset == 0:
-            if entry is not None:
-                entry[0].close()
-            target = safe_join(comp.work_dir, msg.relpath)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle: IO[bytes] = open(target, "wb")  # noqa: SIM115 - kept open across chunks
-            entry = (handle, msg.size, 0)
-            if msg.job_uid:
-                comp.job_files.setdefault(msg.job_uid, []).append(target)
-        elif entry is None or entry[2] != msg.offset:
-            raise ValueError(f"file {msg.relpath!r}: chunk at offset {msg.offset} out of order")
-        handle, size, written = entry
-        handle.write(msg.data)
-        written += len(msg.data)
-        if msg.last:
-            handle.close()
-            comp.open_files.pop(msg.relpath, None)
-            if written != size:
-                raise ValueError(f"file {msg.relpath!r}: got {written} bytes, declared {size}")
-            os.chmod(handle.name, msg.mode & 0o755 | 0o600)
-            return True
-        comp.open_files[msg.relpath] = (handle, size, written)
-        return False
-
-    # ------------------------------------------------------------------ jobs
+    # ------------------------------------------------------------------ jobs (carried out by self.jobs)
     def _on_submit(self, channel: Channel, msg: m.JobSubmit) -> None:
-        comp = self.computations.get(msg.comp_id)
-        if comp is None or comp.channel is not channel or not comp.ready or comp.closing:
-            channel.send_nowait(m.JobRefused(msg.comp_id, msg.job_uid, "computation is not ready here"))
-            return
-        if self.busy >= self._cap or len(comp.running) >= comp.cpus:
-            if self._cap > 0 and len(comp.queued) < comp.cpus:
-                comp.queued.append((next(self._arrivals), msg))
-                return
-            self._refuse(channel, msg)
-            return
-        self._start(comp, msg)
-
-    def _start(self, comp: HostedComputation, msg: m.JobSubmit) -> None:
-        self.busy += 1
-        comp.running.add(msg.job_uid)
-        submit_nowait = getattr(self.executor, "submit_nowait", None)
-        if submit_nowait is None:
-            self._spawn(self._submit(comp, msg))
-            return
-        try:
-            submit_nowait(comp.comp_id, msg.job_uid, msg.args)  # no task per job on the hot path
-        except (DispyError, OSError) as exc:
-            self._submit_failed(comp, msg, exc)
-
-    def _start_queued(self) -> None:
-        """Start waiting jobs while CPUs are free, the oldest first across every computation (a CPU freed
-        by one computation may be the one another computation's job waits for)."""
-        while self.busy < self._cap:
-            ready = [c for c in self.computations.values()
-                     if c.queued and not c.closing and len(c.running) < c.cpus]
-            if not ready:
-                return
-            chosen = min(ready, key=lambda c: c.queued[0][0])
-            _, msg = chosen.queued.popleft()
-            self._start(chosen, msg)
-            chosen.channel.send_nowait(m.JobStarted(msg.comp_id, msg.job_uid, time.time()))
-
-    def _drop_queued(self, comp: HostedComputation, reason: str) -> None:
-        """Jobs accepted but not started: back to the client as refused, so it schedules them again."""
-        while comp.queued:
-            _, msg = comp.queued.popleft()
-            comp.channel.send_nowait(m.JobRefused(msg.comp_id, msg.job_uid, reason))
-
-    def _refuse(self, channel: Channel, msg: m.JobSubmit) -> None:
-        reason = self.not_accepting_reason() if self._cap == 0 else ""
-        refusal = m.JobRefused(msg.comp_id, msg.job_uid, reason or "no free CPU")
-        if reason:
-            log.debug("job %s of %s refused: %s", msg.job_uid, msg.comp_id, reason)
-            self._spawn(self._send_later(channel, refusal, REFUSAL_DELAY))
-        else:
-            channel.send_nowait(refusal)
-
-    async def _send_later(self, channel: Channel, msg: m.Message, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if not channel.closed:
-            await self._send_quietly(channel, msg)
-
-    async def _submit(self, comp: HostedComputation, msg: m.JobSubmit) -> None:
-        try:
-            await self.executor.submit(comp.comp_id, msg.job_uid, msg.args)
-        except (DispyError, OSError) as exc:
-            self._submit_failed(comp, msg, exc)
-
-    def _submit_failed(self, comp: HostedComputation, msg: m.JobSubmit, exc: Exception) -> None:
-        now = time.time()
-        self._job_done(comp.comp_id, msg.job_uid, JobOutcome(
-            status=JobStatus.Terminated, exception=f"node could not start the job: {exc}",
-            result=self._none_result, start_time=now, end_time=now))
+        self.jobs.submit(channel, msg)
 
     def _on_cancel(self, channel: Channel, msg: m.JobCancel) -> None:
         comp = self.computations.get(msg.comp_id)
-        if comp is None or comp.channel is not channel:
-            return
-        if msg.job_uid in comp.running:
-            self._spawn(self.executor.cancel(msg.comp_id, msg.job_uid))
-            return
-        for queued in comp.queued:
-            if queued[1].job_uid == msg.job_uid:
-                comp.queued.remove(queued)
-                now = time.time()
-                channel.send_nowait(m.JobResult(msg.comp_id, msg.job_uid, int(JobStatus.Cancelled),
-                                                self._none_result, exception="Cancelled", start_time=now,
-                                                end_time=now))
-                return
+        if comp is not None and comp.channel is channel:
+            self.jobs.apply(self.state.handle(ev.JobCancelAsked(msg.comp_id, msg.job_uid, time.time())))
 
-    @property
-    def _none_result(self) -> bytes:
-        return bytes(self.serializer.dumps(None))
-
-    def _job_done(self, comp_id: str, job_uid: int, outcome: JobOutcome) -> None:
-        comp = self.computations.get(comp_id)
-        if comp is None or job_uid not in comp.running:
-            return
-        comp.running.discard(job_uid)
-        self.busy -= 1
-        comp.jobs_done += 1
-        self.jobs_done += 1
-        for path in comp.job_files.pop(job_uid, []):
-            path.unlink(missing_ok=True)
-        channel = comp.channel
-        channel.hold()  # the result and the start of the job queued behind it: one write
-        try:
-            if not channel.closed:
-                channel.send_nowait(m.JobResult(
-                    comp_id, job_uid, int(outcome.status), outcome.result, outcome.stdout, outcome.stderr,
-                    outcome.exception, outcome.start_time, outcome.end_time))
-            self._start_queued()
-        finally:
-            channel.flush()
-        if self.quitting:
-            self._maybe_quit()
-
-    def _job_file(self, comp_id: str, job_uid: int, relpath: str, data: bytes) -> None:
-        """A job's ``dispy_send_file``: forwarded within ``--max_file_size`` only."""
-        limit = self.options.max_file_size
-        if limit and len(data) > limit:
-            log.warning("file %r of %d bytes from job %s of %s not sent: above this node's max_file_size of "
-                        "%d bytes", relpath, len(data), job_uid, comp_id, limit)
-            return
-        self._send_to_owner(comp_id, m.JobFile(comp_id, job_uid, relpath, data))
+    def _apply(self, instructions: list[ev.NodeInstruction]) -> None:
+        self.jobs.apply(instructions)
 
     def _client_shutdown(self, comp_id: str) -> None:
         comp = self.computations.get(comp_id)
@@ -800,11 +589,11 @@ class _Events:
         self.server._send_to_owner(comp_id, m.JobProvisional(comp_id, job_uid, result))
 
     def job_file(self, comp_id: str, job_uid: int, relpath: str, data: bytes) -> None:
-        self.server._job_file(comp_id, job_uid, relpath, data)
+        self.server.jobs.job_file(comp_id, job_uid, relpath, data)
 
     def node_shutdown(self, comp_id: str) -> None:
-        """The computation's setup, cleanup or a job called ``dispynode_shutdown()`` (optional event)."""
+        """The computation's setup, cleanup or a job called ``dispynode_shutdown()``."""
         self.server._client_shutdown(comp_id)
 
     def job_done(self, comp_id: str, job_uid: int, outcome: JobOutcome) -> None:
-        self.server._job_done(comp_id, job_uid, outcome)
+        self.server.jobs.done(comp_id, job_uid, outcome)

@@ -23,7 +23,7 @@ def test_results_of_running_jobs_survive_a_close(node: NodeProcess) -> None:
         while job.status != dispy.DispyJob.Running and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(0.3)
-        conn = next(iter(cluster._nodes.values()))
+        conn = next(iter(cluster._life.nodes.values()))
         channel = conn.channel
         assert channel is not None
         # Close on the node directly (the client API itself waits for jobs first).

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispy_core.node.server import HostedComputation, NodeOptions, NodeServer
+from dispy_core.node.server import NodeOptions, NodeServer
 from dispy_core.node.service import DAY, ServiceState, ServiceWindow, format_hhmm, parse_hhmm
+from dispy_core.state import events as ev
 
 minutes = st.integers(min_value=0, max_value=DAY - 1)
 
@@ -125,8 +125,9 @@ def test_service_end_terminates_running_jobs() -> None:
 
     async def scenario() -> None:
         server.executor = Executor()  # type: ignore[assignment]
-        server.computations["c1"] = HostedComputation("c1", "comp", None, Path("."), True,  # type: ignore[arg-type]
-                                                      running={7})
+        server.state.handle(ev.CompOpened("c1", 1))
+        server.state.handle(ev.CompReady("c1"))
+        server.state.handle(ev.JobArrived("c1", 7, 0.0))
         assert server.apply_service_state() is ServiceState.STOPPED and not cancelled  # running jobs go on
         now[0] = datetime(2024, 5, 1, 18, 0)
         assert server.apply_service_state() is ServiceState.ENDED

@@ -1,18 +1,17 @@
-"""The node's job start: through ``submit_nowait`` when the executor has it (no task per job), through
-the ``submit`` coroutine otherwise; a job the executor cannot start comes back Terminated with why,
-and the CPU it held is free again."""
+"""The node's job start: through the executor's ``submit_nowait`` (no task per job); a job the executor
+cannot start comes back Terminated with why, and the CPU it held is free again."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from dispy_core.errors import ExecutionError
+from dispy_core.interfaces import JobOutcome
+from dispy_core.node.files import ComputationFiles
 from dispy_core.node.server import HostedComputation, NodeOptions, NodeServer
 from dispy_core.protocol import messages as m
+from dispy_core.state import events as ev
 from dispy_core.status import JobStatus
 
 
@@ -49,25 +48,15 @@ class NowaitExecutor:
         raise AssertionError("the node must use submit_nowait when the executor has it")
 
 
-class AsyncOnlyExecutor:
-    name = "async"
-
-    def __init__(self) -> None:
-        self.started: list[int] = []
-
-    async def submit(self, comp_id: str, job_uid: int, args: bytes) -> None:
-        await asyncio.sleep(0)
-        if job_uid == 2:
-            raise ExecutionError("computation c1 is closing")
-        self.started.append(job_uid)
-
-
 def make_server(executor: Any, tmp_path: Path) -> tuple[NodeServer, HostedComputation, FakeChannel]:
     server = NodeServer(NodeOptions(host="127.0.0.1", cpus=2, dest_path_prefix=str(tmp_path)))
     server.executor = executor
     channel = FakeChannel()
-    comp = HostedComputation("c1", "comp", channel, tmp_path, cleanup_files=True, cpus=2, ready=True)  # type: ignore[arg-type]
+    comp = HostedComputation("c1", "comp", channel, ComputationFiles(tmp_path), cleanup_files=True,  # type: ignore[arg-type]
+                             ready=True)
     server.computations["c1"] = comp
+    server.state.handle(ev.CompOpened("c1", 2))
+    server.state.handle(ev.CompReady("c1"))
     return server, comp, channel
 
 
@@ -79,7 +68,7 @@ def test_submit_nowait_starts_jobs_without_a_task(tmp_path: Path) -> None:
     executor = NowaitExecutor(fail=False)
     server, comp, channel = make_server(executor, tmp_path)
     server._on_submit(channel, submit(1))  # type: ignore[arg-type]
-    assert executor.started == [1] and comp.running == {1} and server.busy == 1
+    assert executor.started == [1] and server.state.comps['c1'].running == {1} and server.busy == 1
     assert not server._tasks and channel.sent == []
 
 
@@ -90,22 +79,17 @@ def test_a_job_the_executor_cannot_start_is_terminated_with_the_reason(tmp_path:
     assert isinstance(result, m.JobResult) and result.job_uid == 1
     assert result.status == JobStatus.Terminated
     assert "node could not start the job: host process is not running" in result.exception
-    assert comp.running == set() and server.busy == 0  # the CPU is free for the next job
+    assert server.state.comps['c1'].running == set() and server.busy == 0  # the CPU is free for the next job
 
 
-@pytest.mark.parametrize("uids", [[1, 2, 3]])
-def test_executors_with_only_the_coroutine_still_work(uids: list[int], tmp_path: Path) -> None:
-    async def body() -> None:
-        executor = AsyncOnlyExecutor()
-        server, comp, channel = make_server(executor, tmp_path)
-        for uid in uids:
-            server._on_submit(channel, submit(uid))  # type: ignore[arg-type]
-        while server._tasks:
-            await asyncio.sleep(0.01)
-        assert executor.started == [1, 3]
-        [failed] = [msg for msg in channel.sent if isinstance(msg, m.JobResult)]
-        assert failed.job_uid == 2 and failed.status == JobStatus.Terminated
-        assert "computation c1 is closing" in failed.exception
-        assert comp.running == {1, 3}
-
-    asyncio.run(body())
+def test_jobs_beyond_the_cpus_wait_and_start_when_one_ends(tmp_path: Path) -> None:
+    executor = NowaitExecutor(fail=False)
+    server, comp, channel = make_server(executor, tmp_path)
+    for uid in (1, 2, 3):
+        server._on_submit(channel, submit(uid))  # type: ignore[arg-type]
+    assert executor.started == [1, 2] and list(comp.held) == [3]  # the third waits for a CPU
+    server.jobs.done("c1", 1, JobOutcome(status=JobStatus.Finished, result=b"r"))
+    assert executor.started == [1, 2, 3] and comp.held == {}
+    result, started = channel.sent
+    assert isinstance(result, m.JobResult) and result.job_uid == 1 and result.result == b"r"
+    assert isinstance(started, m.JobStarted) and started.job_uid == 3

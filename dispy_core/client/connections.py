@@ -1,0 +1,385 @@
+"""The life of the client's node connections: find, connect, set up, close, set up again.
+
+A connection goes connecting -> setup -> ready (-> closing -> setup -> ready: resetup) -> closed. Life
+operations on one node never interleave (``queue_op``). What each step means for jobs is decided by
+``ClusterState``: this module feeds it ``NodeReady``, ``NodeClosing``, ``NodeLost``, ``NodeReleased``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from dispy_core import __version__
+from dispy_core.channel import Channel
+from dispy_core.client.allocation import NodeEntry, choose_alloc
+from dispy_core.client.computation import FileDepend, file_depend
+from dispy_core.client.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
+from dispy_core.errors import AuthenticationError, ConfigError, DispyError, ProtocolError
+from dispy_core.interfaces import NodeView
+from dispy_core.protocol import messages as m
+from dispy_core.state import events as ev
+from dispy_core.status import NodeStatus
+
+if TYPE_CHECKING:
+    from dispy_core.client.driver import ClientDriver
+
+log = logging.getLogger("dispy")
+
+__all__ = ["CLOSED", "CLOSING", "CONNECTING", "FILE_CHUNK", "READY", "SETUP", "NodeConn", "NodeLife"]
+
+FILE_CHUNK = 4 << 20
+CONNECTING, SETUP, READY, CLOSING, CLOSED = "connecting", "setup", "ready", "closing", "closed"
+
+
+class NodeConn:
+    """A node this cluster talks to: its public DispyNode view plus the channel and life state."""
+
+    def __init__(self, node: DispyNode, via: NodeEntry | None) -> None:
+        self.node = node
+        self.via = via
+        self.alloc: NodeAllocate | None = None
+        self.channel: Channel | None = None
+        self.state = CONNECTING
+        self.allocated = True  # False after deallocate_node: set up, but no new jobs
+        self.max_cpus = 0  # CPUs the node granted this computation (set_node_cpus stays within)
+        self.setup_args: tuple[Any, ...] = ()
+        self.depends: list[Any] = []
+        self.drained: asyncio.Event | None = None  # set by CloseNode: the node's jobs are done
+        self.op: asyncio.Task[Any] | None = None  # the life operation in progress (start, close, resetup)
+        self.file_errors: dict[int, str] = {}  # first refusal of a file transfer, by request id
+
+
+class NodeLife:
+    """Every node connection of one cluster, and the operations of the node API."""
+
+    def __init__(self, driver: ClientDriver) -> None:
+        self.driver = driver
+        self.cluster = driver.cluster
+        self.nodes: dict[str, NodeConn] = {}
+        self.leaving: dict[str, NodeConn] = {}  # dropped now: for the Closed notice of their jobs' state
+        self.records: dict[str, DispyNode] = {}  # every node ever set up, for print_status
+        self.failed: dict[str, str] = {}  # address -> why the node cannot be used
+
+    # ------------------------------------------------------------------ finding nodes
+    async def discover(self, entries: list[NodeEntry]) -> list[NodeConn]:
+        """Contact each named host (wildcards are only matched, never contacted); wait until each was tried."""
+        conns: list[NodeConn] = []
+        for entry in entries:
+            alloc = entry.alloc
+            if alloc.is_pattern:
+                continue
+            assert alloc.port is not None
+            try:
+                addresses = await self.cluster.discovery.resolve(alloc.host, alloc.port)
+            except (ConfigError, OSError) as exc:
+                self.record_failure(f"{alloc.host}:{alloc.port}", str(exc))
+                continue
+            for address in addresses:
+                key = f"{address.ip_addr}:{address.port}"
+                conn = self.nodes.get(key)
+                if conn is not None and conn.state == CLOSING and conn.op is not None:
+                    await asyncio.wait([conn.op])  # a close in progress: then start afresh
+                    conn = self.nodes.get(key)
+                if conn is None:
+                    node = self.records.get(key) or DispyNode(address.ip_addr, address.port)
+                    conn = NodeConn(node, entry)
+                    self.nodes[key] = conn
+                    conn.op = self.driver.spawn(self._start_node(conn))
+                conns.append(conn)
+        pending = [c.op for c in conns if c.op is not None and not c.op.done()]
+        if pending:
+            await asyncio.wait(pending)
+        return conns
+
+    async def _start_node(self, conn: NodeConn) -> None:
+        node, cluster = conn.node, self.cluster
+        timeout = cluster.config.msg_timeout
+        try:
+            channel = await Channel.connect(
+                cluster.transport, node.ip_addr, node.port, secret=cluster.secret,
+                serializers={cluster.serializer.name: cluster.serializer}, serializer=cluster.serializer.name,
+                timeout=timeout, name=cluster.name, software=f"neodispy {__version__}")
+        except AuthenticationError as exc:
+            await self.fail(conn, f"authentication failed (is the secret the node's?): {exc}")
+            return
+        except (ProtocolError, DispyError, OSError) as exc:
+            await self.fail(conn, f"cannot connect: {exc}")
+            return
+        conn.channel = channel
+        self.driver.spawn(channel.run(lambda msg: self.driver.handle(conn, msg)),
+                          on_done=lambda _: self._channel_ended(conn, channel))
+        try:
+            info = await channel.request(m.NodeInfoRequest(channel.next_req_id()), timeout)
+            assert isinstance(info, m.NodeInfo)
+            node.name, node.platform = info.name, info.platform
+            alloc = choose_alloc(cluster._entries, node.ip_addr, node.port, node.name, conn.via)
+            if alloc is None:
+                log.info("node %s (%s) matches no entry of cluster %s's nodes; not used", node.key, node.name,
+                         cluster.name)
+                await self.release(conn, notify=False)
+                return
+            conn.alloc = alloc
+            await self._setup_node(conn, info)
+        except (DispyError, OSError, AssertionError) as exc:
+            await self.fail(conn, str(exc) or type(exc).__name__)
+
+    async def _setup_node(self, conn: NodeConn, info: m.NodeInfo) -> None:
+        """allocate() decides CPUs, depends and setup_args; then open, send files, run setup."""
+        node, alloc, channel, cluster = conn.node, conn.alloc, conn.channel, self.cluster
+        assert alloc is not None and channel is not None
+        node.avail_info = DispyNodeAvailInfo.from_mapping(info.avail_info)
+        node.avail_cpus = info.avail_cpus
+        node.update_time = time.time()
+        try:
+            cpus = alloc.allocate(cluster, node.ip_addr, node.name, info.cpus, node.avail_info, info.platform)
+            # Captured now: a shared NodeAllocate may set other values for the next node meanwhile.
+            conn.depends = list(alloc.depends or [])
+            args = alloc.setup_args
+            conn.setup_args = tuple(args) if isinstance(args, list | tuple) else (args,)
+            view = NodeView(node.ip_addr, node.port, node.name, info.cpus, info.platform, dict(info.avail_info))
+            hooked = cluster.plugins.hook.dispy_allocate(cluster=cluster, node=view, cpus=cpus)
+            cpus = int(hooked if hooked is not None else cpus)
+        except Exception as exc:
+            raise DispyError(f"allocate() of {type(alloc).__name__} raised {type(exc).__name__}: {exc}") from exc
+        if cpus <= 0:
+            log.info("node %s (%s) not used: allocate gave 0 CPUs", node.key, node.name)
+            await self.release(conn, notify=conn.state == CLOSING, reason="allocate gave 0 CPUs")
+            return
+        conn.state = SETUP
+        await self._open_computation(conn, channel, cpus)
+        if conn.state != SETUP:  # closed meanwhile (cluster closing, connection lost)
+            return
+        conn.state = READY
+        node.reason = None
+        self.failed.pop(node.key, None)
+        self.records[node.key] = node
+        node.update_time = time.time()
+        log.info("node %s (%s) ready with %d CPUs", node.key, node.name, conn.max_cpus)
+        self.driver.feed(ev.NodeReady(node.key, conn.max_cpus, time.time()))
+        if not conn.allocated:
+            self.driver.feed(ev.NodeAllocation(node.key, False))
+
+    async def _open_computation(self, conn: NodeConn, channel: Channel, cpus: int) -> None:
+        cluster = self.cluster
+        pkg, timeout = cluster._pkg, cluster.config.msg_timeout
+        setup_args = cluster.serializer.dumps(conn.setup_args) if conn.setup_args else b""
+        reply = await channel.request(m.ComputationOpen(
+            channel.next_req_id(), cluster.comp_id, cluster.name, pkg.kind, code=pkg.code, source=pkg.source,
+            code_name=pkg.code_name, program=pkg.program, py_version=list(sys.version_info[:2]),
+            depends_code=pkg.depends_code, setup=pkg.setup, cleanup=pkg.cleanup,
+            cleanup_files=cluster._cleanup_files, setup_args=setup_args, cpus=cpus,
+            dest_path=cluster.dest_path or "", setup_timeout=cluster.setup_timeout,
+            options=cluster._computation_options()), timeout)
+        assert isinstance(reply, m.ComputationReady)
+        if not reply.ok:
+            raise DispyError(f"node could not open the computation: {reply.error}")
+        files = list(pkg.files) + [file_depend(os.fspath(p)) for p in conn.depends]
+        for dep in files:
+            await self.send_depend(conn, channel, dep, 0)
+        reply = await channel.request(m.ComputationSetup(channel.next_req_id(), cluster.comp_id),
+                                      cluster.setup_timeout + timeout)
+        assert isinstance(reply, m.ComputationReady)
+        if not reply.ok:
+            raise DispyError(f"setup failed: {reply.error.rstrip()}")
+        conn.max_cpus = min(cpus, reply.cpus) if reply.cpus else cpus
+        conn.node.cpus = conn.max_cpus
+
+    # ------------------------------------------------------------------ files
+    async def send_file(self, conn: NodeConn, channel: Channel, path: str, relpath: str, job_uid: int) -> None:
+        dep = file_depend(path)
+        dep.relpath = relpath
+        await self.send_depend(conn, channel, dep, job_uid)
+
+    async def send_depend(self, conn: NodeConn, channel: Channel, dep: FileDepend, job_uid: int) -> None:
+        """Stream a file in chunks; the node acknowledges the last one or refuses with a reason (which may
+        come early, at the first chunk: then the rest is not sent)."""
+        req_id = channel.next_req_id()
+        comp_id, timeout = self.cluster.comp_id, self.cluster.config.msg_timeout
+        try:
+            with open(dep.path, "rb") as handle:
+                offset = 0
+                while True:
+                    data = handle.read(FILE_CHUNK)
+                    last = offset + len(data) >= dep.size
+                    msg = m.FileChunk(req_id, comp_id, dep.relpath, dep.size, offset, data, last=last,
+                                      job_uid=job_uid, mode=dep.mode)
+                    if last:
+                        reply = await channel.request(msg, timeout)
+                        assert isinstance(reply, m.FileAck)
+                        if not reply.ok:
+                            reason = conn.file_errors.get(req_id) or reply.error
+                            raise DispyError(f"node refused file {dep.relpath!r}: {reason}")
+                        return
+                    await channel.send(msg)
+                    offset += len(data)
+                    if req_id in conn.file_errors:
+                        raise DispyError(f"node refused file {dep.relpath!r}: {conn.file_errors[req_id]}")
+        finally:
+            conn.file_errors.pop(req_id, None)
+
+    async def send_file_to(self, spec: Any, dep: FileDepend) -> int:
+        conn = self.find(spec)
+        if conn is None or conn.state != READY or conn.channel is None:
+            log.error("send_file(%r): node %r is not a usable node of cluster %s", dep.path, spec, self.cluster.name)
+            return -1
+        try:
+            await self.send_depend(conn, conn.channel, dep, 0)
+        except (DispyError, OSError) as exc:
+            log.error("send_file(%r) to %s: %s", dep.path, conn.node.key, exc)
+            return -1
+        return 0
+
+    # ------------------------------------------------------------------ failures and releases
+    def record_failure(self, key: str, reason: str) -> None:
+        self.failed[key] = reason
+        log.error("node %s cannot be used by cluster %s: %s", key, self.cluster.name, reason)
+
+    async def fail(self, conn: NodeConn, reason: str) -> None:
+        """The node cannot be used: say why (log, ``status()['failed_nodes']``, ``node.reason``, Closed)."""
+        if conn.state == CLOSED:
+            return
+        if self.cluster._closed:
+            reason = f"cluster closed ({reason})"
+        else:
+            self.record_failure(conn.node.key, reason)
+        conn.node.reason = reason
+        await self.release(conn, notify=True, reason=reason)
+
+    async def release(self, conn: NodeConn, notify: bool, reason: str | None = None) -> None:
+        channel = conn.channel
+        self._drop(conn, notify, reason or "node closed")
+        if channel is not None:
+            await channel.close(reason or "released")
+
+    def _drop(self, conn: NodeConn, notify: bool, reason: str) -> None:
+        """The connection is done with: forget it; the state cancels jobs pinned to it; tell the program."""
+        if conn.state == CLOSED:
+            return
+        conn.state = CLOSED
+        node = conn.node
+        if self.nodes.get(node.key) is conn:
+            del self.nodes[node.key]
+        self.driver.sync(conn)
+        known = node.key in self.driver.state.nodes
+        self.leaving[node.key] = conn
+        try:
+            self.driver.feed(ev.NodeReleased(node.key, reason, time.time(), notify))
+        finally:
+            del self.leaving[node.key]
+        if conn.drained is not None:
+            conn.drained.set()
+        if notify and not known:
+            self.driver.node_status(NodeStatus.Closed, node)
+
+    def _channel_ended(self, conn: NodeConn, channel: Channel) -> None:
+        """The channel ended: unless on purpose, the state recovers the jobs that were there."""
+        if conn.channel is not channel or conn.state == CLOSED:
+            return
+        reason = channel.close_reason or "closed"
+        busy = self.driver.state.nodes[conn.node.key].busy if conn.node.key in self.driver.state.nodes else 0
+        if busy and not self.cluster._closed:
+            log.warning("lost node %s (%s) with %d jobs", conn.node.key, reason, busy)
+        if not self.cluster._closed:
+            conn.node.reason = f"connection lost: {reason}"
+            self.record_failure(conn.node.key, conn.node.reason)
+        known = conn.node.key in self.driver.state.nodes
+        self.leaving[conn.node.key] = conn
+        try:
+            self.driver.feed(ev.NodeLost(conn.node.key, reason, time.time()))
+        finally:
+            del self.leaving[conn.node.key]
+        self._drop(conn, not known, reason)
+
+    # ------------------------------------------------------------------ the node operations of the API
+    def find(self, spec: Any) -> NodeConn | None:
+        """The connection a program means by a DispyNode, NodeAllocate, ``ip:port``, address or name."""
+        if isinstance(spec, DispyNode):
+            return self.nodes.get(spec.key)
+        port = None
+        if isinstance(spec, NodeAllocate):
+            spec, port = spec.host, spec.port
+        if not isinstance(spec, str):
+            return None
+        conn = self.nodes.get(spec)
+        if conn is not None:
+            return conn
+        matches = [c for c in self.nodes.values()
+                   if spec in (c.node.ip_addr, c.node.name) and (port is None or c.node.port == port)]
+        preferred = [c for c in matches if c.node.port == self.cluster.node_port]
+        candidates = preferred or matches
+        return candidates[0] if candidates else None
+
+    def set_allocated(self, conn: NodeConn, allocated: bool) -> None:
+        conn.allocated = allocated
+        self.driver.feed(ev.NodeAllocation(conn.node.key, allocated))
+
+    def queue_op(self, conn: NodeConn, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a life operation on ``conn`` after the one in progress (operations never interleave)."""
+        previous = conn.op
+
+        async def run() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            if conn.state != CLOSED:
+                await make()
+
+        conn.op = self.driver.spawn(run())
+
+    async def close_op(self, conn: NodeConn, release: bool, terminate: bool) -> None:
+        """No new jobs; once the state says the node's jobs are done (or cancelled), close the computation."""
+        channel = conn.channel
+        if channel is None or conn.state == CLOSED:
+            return
+        was_setup = conn.state in (READY, CLOSING)
+        conn.state = CLOSING
+        conn.drained = asyncio.Event()
+        if conn.node.key not in self.driver.state.nodes:
+            conn.drained.set()
+        self.driver.feed(ev.NodeClosing(conn.node.key, terminate, time.time()))
+        await conn.drained.wait()
+        conn.drained = None
+        if conn.state == CLOSED:
+            return
+        if was_setup and not channel.closed:
+            try:
+                await channel.request(m.ComputationClose(channel.next_req_id(), self.cluster.comp_id, terminate),
+                                      self.cluster.setup_timeout + self.cluster.config.msg_timeout)
+            except (DispyError, OSError) as exc:
+                log.warning("node %s: closing computation: %s", conn.node.key, exc)
+        if release:
+            await self.release(conn, notify=True)
+
+    async def resetup_op(self, conn: NodeConn) -> None:
+        await self.close_op(conn, release=False, terminate=False)
+        channel = conn.channel
+        if conn.state == CLOSED or channel is None:
+            return
+        try:
+            info = await channel.request(m.NodeInfoRequest(channel.next_req_id()), self.cluster.config.msg_timeout)
+            assert isinstance(info, m.NodeInfo)
+            await self._setup_node(conn, info)
+        except (DispyError, OSError, AssertionError) as exc:
+            await self.fail(conn, f"setting up again: {exc}")
+
+    async def close_all(self, terminate: bool) -> None:
+        """The cluster closes: close the computation on every node set up, drop the others."""
+        closers = []
+        for conn in list(self.nodes.values()):
+            if conn.state in (READY, CLOSING):
+                self.queue_op(conn, lambda conn=conn: self.close_op(conn, True, terminate))  # type: ignore[misc]
+                assert conn.op is not None
+                closers.append(conn.op)
+            else:
+                closers.append(self.driver.spawn(self.release(conn, notify=False, reason="cluster closed")))
+        if closers:
+            await asyncio.wait(closers, timeout=self.cluster.setup_timeout + self.cluster.config.msg_timeout)
+
+    def snapshot(self) -> tuple[list[DispyNode], dict[str, str]]:
+        """The usable nodes (brought up to date) and why the others could not be used."""
+        return [self.driver.sync(c) for c in self.nodes.values() if c.state == READY], dict(self.failed)

@@ -1,0 +1,86 @@
+"""A computation's files on the node: chunks written in order inside its directory, removed with it.
+
+Every path comes from a peer, so every path goes through ``safe_join``; sizes are checked against the
+declared size and the node's ``--max_file_size`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import IO
+
+from dispy_core.paths import safe_join
+from dispy_core.protocol import messages as m
+
+__all__ = ["ComputationFiles"]
+
+
+class ComputationFiles:
+    """The files of one computation: those being received, and those that belong to one job."""
+
+    def __init__(self, work_dir: Path, max_file_size: int = 0) -> None:
+        self.work_dir = work_dir
+        self.max_file_size = max_file_size
+        self._open: dict[str, tuple[IO[bytes], int, int]] = {}  # relpath -> (handle, size, written)
+        self._per_job: dict[int, list[Path]] = {}
+
+    def write(self, msg: m.FileChunk) -> bool:
+        """Write one chunk; True once the file is complete. Raises UnsafePathError, OSError, ValueError;
+        the file being received is then dropped."""
+        try:
+            return self._write(msg)
+        except BaseException:
+            self._abandon(msg.relpath)
+            raise
+
+    def _write(self, msg: m.FileChunk) -> bool:
+        limit = self.max_file_size
+        if limit and msg.size > limit:
+            raise ValueError(f"file {msg.relpath!r} is {msg.size} bytes, above this node's "
+                             f"max_file_size of {limit} bytes")
+        if msg.size < 0 or msg.offset < 0 or msg.offset + len(msg.data) > msg.size:
+            raise ValueError(f"file {msg.relpath!r}: chunk outside the declared size {msg.size}")
+        entry = self._open.get(msg.relpath)
+        if msg.offset == 0:
+            if entry is not None:
+                entry[0].close()
+            target = safe_join(self.work_dir, msg.relpath)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle: IO[bytes] = open(target, "wb")  # noqa: SIM115 - kept open across chunks
+            entry = (handle, msg.size, 0)
+            if msg.job_uid:
+                self._per_job.setdefault(msg.job_uid, []).append(target)
+        elif entry is None or entry[2] != msg.offset:
+            raise ValueError(f"file {msg.relpath!r}: chunk at offset {msg.offset} out of order")
+        handle, size, written = entry
+        handle.write(msg.data)
+        written += len(msg.data)
+        if msg.last:
+            handle.close()
+            self._open.pop(msg.relpath, None)
+            if written != size:
+                raise ValueError(f"file {msg.relpath!r}: got {written} bytes, declared {size}")
+            os.chmod(handle.name, msg.mode & 0o755 | 0o600)
+            return True
+        self._open[msg.relpath] = (handle, size, written)
+        return False
+
+    def _abandon(self, relpath: str) -> None:
+        entry = self._open.pop(relpath, None)
+        if entry is not None:
+            entry[0].close()
+
+    def job_done(self, job_uid: int) -> None:
+        """A job's own files (``dispy_job_depends``) go with it."""
+        for path in self._per_job.pop(job_uid, []):
+            path.unlink(missing_ok=True)
+
+    def remove(self, prefix: Path, remove_dir: bool) -> None:
+        """Close what is half received; with ``remove_dir``, delete the directory (only under ``prefix``)."""
+        for handle, _, _ in self._open.values():
+            handle.close()
+        self._open.clear()
+        if remove_dir and self.work_dir.is_relative_to(prefix):
+            shutil.rmtree(self.work_dir, ignore_errors=True)

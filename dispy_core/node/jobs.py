@@ -1,0 +1,127 @@
+"""Carrying out NodeState's job instructions: the bytes of waiting jobs, the executor, the results.
+
+The node never loads a job's arguments or result: they pass from the client's frame to the executor
+and back as opaque bytes. This module holds them while ``NodeState`` decides when each job starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from dispy_core.channel import Channel
+from dispy_core.errors import DispyError
+from dispy_core.interfaces import JobOutcome
+from dispy_core.node.liveness import send_quietly
+from dispy_core.protocol import messages as m
+from dispy_core.state import events as ev
+from dispy_core.status import JobStatus
+
+if TYPE_CHECKING:
+    from dispy_core.node.server import HostedComputation, NodeServer
+
+log = logging.getLogger("dispy.node")
+
+__all__ = ["JobRunner"]
+
+
+class JobRunner:
+    """The node's jobs: turns job messages and executor reports into NodeState events, and carries out
+    the instructions."""
+
+    def __init__(self, server: NodeServer) -> None:
+        self.server = server
+        self._outcomes: dict[tuple[str, int], JobOutcome] = {}
+        self._none_result = bytes(server.serializer.dumps(None))
+
+    def submit(self, channel: Channel, msg: m.JobSubmit) -> None:
+        comp = self.server.computations.get(msg.comp_id)
+        if comp is None or comp.channel is not channel:
+            channel.send_nowait(m.JobRefused(msg.comp_id, msg.job_uid, "computation is not ready here",
+                                             "not-ready"))
+            return
+        comp.held[msg.job_uid] = msg
+        self.apply(self.server.state.handle(ev.JobArrived(msg.comp_id, msg.job_uid, time.time())))
+
+    def done(self, comp_id: str, job_uid: int, outcome: JobOutcome) -> None:
+        comp = self.server.computations.get(comp_id)
+        if comp is not None:
+            comp.files.job_done(job_uid)
+        self._outcomes[(comp_id, job_uid)] = outcome
+        channel = comp.channel if comp is not None else None
+        if channel is not None:
+            channel.hold()  # the result and the start of the job queued behind it: one write
+        try:
+            self.apply(self.server.state.handle(ev.JobEnded(comp_id, job_uid, time.time())))
+        finally:
+            self._outcomes.pop((comp_id, job_uid), None)
+            if channel is not None:
+                channel.flush()
+        if self.server.quitting:
+            self.server._maybe_quit()
+
+    def apply(self, instructions: list[ev.NodeInstruction]) -> None:
+        """Carry out what NodeState decided, in order."""
+        for instruction in instructions:
+            comp = self.server.computations.get(instruction.comp_id)
+            if isinstance(instruction, ev.StartJob):
+                self._start(comp, instruction)
+            elif isinstance(instruction, ev.SendResult):
+                outcome = self._outcomes.get((instruction.comp_id, instruction.uid))
+                if comp is not None and outcome is not None and not comp.channel.closed:
+                    comp.channel.send_nowait(m.JobResult(
+                        instruction.comp_id, instruction.uid, int(outcome.status), outcome.result, outcome.stdout,
+                        outcome.stderr, outcome.exception, outcome.start_time, outcome.end_time))
+            elif isinstance(instruction, ev.RefuseJob):
+                self._refuse(comp, instruction)
+            elif isinstance(instruction, ev.KillJob):
+                executor = self.server.executor
+                self.server._spawn(executor.cancel(instruction.comp_id, instruction.uid) if instruction.grace is None
+                                   else executor.cancel(instruction.comp_id, instruction.uid, grace=instruction.grace))
+            elif isinstance(instruction, ev.ReportCancelled) and comp is not None:
+                comp.held.pop(instruction.uid, None)
+                comp.channel.send_nowait(m.JobResult(
+                    instruction.comp_id, instruction.uid, int(JobStatus.Cancelled), self._none_result,
+                    exception="Cancelled", start_time=instruction.time, end_time=instruction.time))
+
+    def _start(self, comp: HostedComputation | None, start: ev.StartJob) -> None:
+        msg = comp.held.pop(start.uid, None) if comp is not None else None
+        if comp is None or msg is None:
+            return
+        if start.announce:
+            comp.channel.send_nowait(m.JobStarted(start.comp_id, start.uid, start.time))
+        try:
+            self.server.executor.submit_nowait(start.comp_id, start.uid, msg.args)  # no task per job on the hot path
+        except (DispyError, OSError) as exc:
+            now = time.time()
+            self.done(start.comp_id, start.uid, JobOutcome(
+                status=JobStatus.Terminated, exception=f"node could not start the job: {exc}",
+                result=self._none_result, start_time=now, end_time=now))
+
+    def _refuse(self, comp: HostedComputation | None, refusal: ev.RefuseJob) -> None:
+        if comp is None:
+            return
+        comp.held.pop(refusal.uid, None)
+        msg = m.JobRefused(refusal.comp_id, refusal.uid, refusal.detail or refusal.reason.value, refusal.reason.value)
+        if refusal.delay > 0:
+            log.debug("job %s of %s refused: %s", refusal.uid, refusal.comp_id, refusal.detail)
+            self.server._spawn(self._send_later(comp.channel, msg, refusal.delay))
+        else:
+            comp.channel.send_nowait(msg)
+
+    async def _send_later(self, channel: Channel, msg: m.Message, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not channel.closed:
+            await send_quietly(channel, msg)
+
+    def job_file(self, comp_id: str, job_uid: int, relpath: str, data: bytes) -> None:
+        """A job's ``dispy_send_file``: forwarded within ``--max_file_size`` only."""
+        limit = self.server.options.max_file_size
+        if limit and len(data) > limit:
+            log.warning("file %r of %d bytes from job %s of %s not sent: above this node's max_file_size of "
+                        "%d bytes", relpath, len(data), job_uid, comp_id, limit)
+            return
+        self.server._send_to_owner(comp_id, m.JobFile(comp_id, job_uid, relpath, data))
+
