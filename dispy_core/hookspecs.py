@@ -9,9 +9,13 @@ directly, never a hook per frame or per job.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:
+    from dispy_core.config import Config
+    from dispy_core.interfaces import JobView, NodeView, Scheduler
 
 PROJECT_NAME = "dispy"
 
@@ -112,8 +116,12 @@ def dispy_make_executor(config: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def dispy_make_scheduler(config: Any) -> Any:
-    """Create the policy that picks a node for each job (verb: schedule).
+def dispy_make_scheduler(config: Config) -> Scheduler | None:
+    """Create the policy that assigns jobs to nodes (verb: schedule).
+
+    The cluster state (``dispy_core.state.cluster``) tells the object when nodes are added and removed
+    and when jobs finish (with their run time), and asks it to ``assign`` pending jobs to nodes with room.
+    One object per cluster (``dispyscheduler``: per computation), so it may keep what it learns.
 
     :param config: the Config.
     :return: an object following :class:`dispy_core.interfaces.Scheduler`, or None.
@@ -125,11 +133,12 @@ def dispy_make_scheduler(config: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def dispy_allocate(cluster: Any, node: Any, cpus: int) -> int | None:
+def dispy_allocate(cluster: Any, node: NodeView, cpus: int) -> int | None:
     """Decide how many CPUs of a newly found node a cluster uses (verb: allocate); 0 refuses the node.
 
-    :param cluster: the cluster asking.
-    :param node: a snapshot of the node (ip_addr, name, cpus, avail_info, platform).
+    :param cluster: the cluster asking (its ``name``, ``comp_id``; a handle, not for changing).
+    :param node: a frozen snapshot of the node (:class:`dispy_core.interfaces.NodeView`: ip_addr, port,
+        name, cpus, platform, avail_info).
     :param cpus: what the cluster's own ``NodeAllocate`` entries decided.
     :return: CPUs to use, or None to leave the decision to the next plugin (default: ``cpus``).
 
@@ -140,10 +149,14 @@ def dispy_allocate(cluster: Any, node: Any, cpus: int) -> int | None:
 
 
 @hookspec(firstresult=True)
-def dispy_recover(job: Any, failure: str) -> str | None:
+def dispy_recover(job: JobView, failure: str) -> str | None:
     """Decide what happens to a job whose node failed (verb: recover).
 
-    :param job: the job (its id, node, status).
+    Asked by the cluster state for each job that was running on a lost node; a job that only waited
+    there, never started, is always sent elsewhere without asking.
+
+    :param job: a frozen snapshot of the job (:class:`dispy_core.interfaces.JobView`: uid, status,
+        node_id, pinned, submit_time, attempts).
     :param failure: why, e.g. ``"node-lost"``, ``"process-crashed"``.
     :return: ``"resubmit"``, ``"abandon"``, or None for the next plugin (default from ``reentrant``).
 
