@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dispy_core.errors import DispyError, ProtocolError, TransportError
+from dispy_core.errors import DispyError, ProtocolError, RemoteError, TransportError
 from dispy_core.interfaces import ByteStream, Serializer, Transport
 from dispy_core.protocol import messages as m
 from dispy_core.protocol.session import Session
@@ -22,14 +22,6 @@ log = logging.getLogger("dispy.channel")
 READ_SIZE = 1 << 20
 REPLY_TYPES: tuple[type[m.Message], ...] = (
     m.NodeInfo, m.ComputationReady, m.ComputationClosed, m.FileAck, m.Pong, m.Error)
-
-
-class RemoteError(DispyError):
-    """The peer answered a request with an Error message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(f"{code}: {message}")
 
 
 class Channel:
@@ -110,11 +102,9 @@ class Channel:
     def next_req_id(self) -> int:
         return next(self._req_ids)
 
-    def _frame(self, msg: m.Message, writer: Any) -> list[Any]:
-        """The frame's buffers; joined into one unless the stream can queue parts (``write_nowait``)."""
+    def _frame(self, msg: m.Message) -> list[Any]:
+        """The frame's buffers (a large payload is not copied into the frame: ``write_nowait`` queues each)."""
         parts = self.session.send_parts(msg)
-        if len(parts) > 1 and writer is None:
-            parts = [b"".join(parts)]
         self.tx_bytes += sum(len(p) for p in parts)
         return parts
 
@@ -128,13 +118,8 @@ class Channel:
         """Write what was held, in order, as one buffer."""
         held, self._held = self._held, None
         if held and not self.closed:
-            writer = getattr(self.stream, "write_nowait", None)
             try:
-                if writer is None:
-                    task = asyncio.ensure_future(self.stream.write(b"".join(held)))
-                    task.add_done_callback(_ignore_result)
-                else:
-                    writer(b"".join(held) if len(held) > 1 else held[0])
+                self.stream.write_nowait(b"".join(held) if len(held) > 1 else held[0])
             except (OSError, TransportError):
                 pass  # the connection is gone: its reader reports that
 
@@ -142,11 +127,9 @@ class Channel:
         if self.closed:
             raise TransportError(f"connection to {_fmt(self.peer)} is closed: {self.close_reason}")
         self.flush()  # anything held goes first
-        writer = getattr(self.stream, "write_nowait", None)
-        parts = self._frame(msg, writer)
-        if writer is not None:
-            for part in parts[:-1]:  # no await between the parts: no other sender's frame comes between
-                writer(part)
+        parts = self._frame(msg)
+        for part in parts[:-1]:  # no await between the parts: no other sender's frame comes between
+            self.stream.write_nowait(part)
         await self.stream.write(parts[-1])
 
     def send_nowait(self, msg: m.Message) -> bool:
@@ -154,18 +137,13 @@ class Channel:
         False if the connection is closed. For replies and results: no task per message."""
         if self.closed:
             return False
-        writer = getattr(self.stream, "write_nowait", None)
-        parts = self._frame(msg, writer)
+        parts = self._frame(msg)
         if self._held is not None:
             self._held.extend(parts)
             return True
-        if writer is None:  # a transport without it: fall back to a task
-            task = asyncio.ensure_future(self.stream.write(parts[0]))
-            task.add_done_callback(_ignore_result)
-            return True
         try:
             for part in parts:
-                writer(part)
+                self.stream.write_nowait(part)
         except (OSError, TransportError):
             return False
         return True
@@ -228,11 +206,6 @@ class Channel:
                 future.set_exception(error)
         self._pending.clear()
         await self.stream.close()
-
-
-def _ignore_result(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _fmt(addr: Any) -> str:

@@ -8,8 +8,11 @@
     ├── ProtocolError            a frame or message that does not follow the wire protocol
     │   ├── FrameTooLarge        a declared size above the bound, refused before allocation
     │   ├── IntegrityError       a frame MAC that does not verify, a replayed or reordered frame
-    │   └── AuthenticationError  the peer could not prove the shared secret
+    │   ├── AuthenticationError  the peer could not prove the shared secret
+    │   └── IPCError             a malformed or oversized frame from a computation's host or job process
+    ├── RemoteError              the peer answered a request with an Error message (its code and text)
     ├── TransportError           connecting, listening or TLS failed
+    │   └── MemoryConnectionRefused  nothing listens there (testing kit's in-process network)
     ├── SerializationError       an object that cannot be serialized / a payload that cannot be loaded
     ├── ExecutionError           a computation could not be set up or run on a node
     │   └── SetupError           setup failed, returned an unknown code or timed out
@@ -55,8 +58,24 @@ class AuthenticationError(ProtocolError):
     """The peer failed the challenge-response over the shared secret."""
 
 
+class IPCError(ProtocolError):
+    """A frame from a host or job process that is malformed or too large (executor_host's IPC)."""
+
+
+class RemoteError(DispyError):
+    """The peer answered a request with an Error message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {message}")
+
+
 class TransportError(DispyError, OSError):
     """A connection could not be made, kept or secured."""
+
+
+class MemoryConnectionRefused(TransportError, ConnectionRefusedError):
+    """Nothing listens at the address (a ``TransportError`` as the core expects, and an OS-style refusal)."""
 
 
 class SerializationError(DispyError):

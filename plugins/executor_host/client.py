@@ -140,10 +140,8 @@ class _HostLink(asyncio.SubprocessProtocol):
             relpath = _str(header["relpath"])
             if uid in self.running:
                 self._notify(self.events.job_file, uid, relpath, blobs[0])
-        elif op == "shutdown":  # dispynode_shutdown(); an optional event, for drivers that know it
-            callback = getattr(self.events, "node_shutdown", None)
-            if callback is not None:
-                self._notify(callback)
+        elif op == "shutdown":  # dispynode_shutdown() in setup, cleanup or a job
+            self._notify(self.events.node_shutdown)
         elif op in ("setup_start", "ready", "setup_failed", "closed"):
             self.control.put_nowait((op, header))
         else:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from dispy_core.buffers import coalesce, nbytes
-from dispy_core.errors import ProtocolError
+from dispy_core.errors import IPCError  # raised here; ipc.IPCError keeps working
 
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024
 """Bound of one frame's body; a config may set ``executor.max_frame``."""
@@ -27,10 +27,6 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 _DECODER = json.JSONDecoder()
 
 Frame = tuple[dict[str, Any], list[bytes]]
-
-
-class IPCError(ProtocolError):
-    """A frame from a host or job process that is malformed or too large."""
 
 
 Buffer = bytes | bytearray | memoryview

@@ -104,6 +104,7 @@ def test_blocking_reader(tmp_path: object) -> None:
 class _Events:
     def __init__(self) -> None:
         self.done: list[tuple[int, JobOutcome]] = []
+        self.shutdowns: list[str] = []
 
     def job_started(self, comp_id: str, job_uid: int, start_time: float) -> None: ...
 
@@ -113,6 +114,9 @@ class _Events:
 
     def job_done(self, comp_id: str, job_uid: int, outcome: JobOutcome) -> None:
         self.done.append((job_uid, outcome))
+
+    def node_shutdown(self, comp_id: str) -> None:
+        self.shutdowns.append(comp_id)
 
 
 @pytest.mark.parametrize("garbage", [
@@ -131,5 +135,16 @@ def test_malformed_host_data_breaks_only_that_computation(garbage: bytes) -> Non
         assert sorted(uid for uid, _ in events.done) == [1, 2]
         assert all(o.status == JobStatus.Terminated and "malformed" in o.exception for _, o in events.done)
         assert link.running == {}
+
+    asyncio.run(go())
+
+
+def test_shutdown_frame_calls_the_events_node_shutdown() -> None:
+    """``dispynode_shutdown()`` in a computation reaches the node as ``ExecutorEvents.node_shutdown``."""
+    async def go() -> None:
+        events = _Events()
+        link = _HostLink("c", events, max_frame=1 << 20)
+        link.pipe_data_received(1, ipc.encode({"op": "shutdown", "uid": 3}))
+        assert events.shutdowns == ["c"] and not link.broken
 
     asyncio.run(go())
