@@ -16,10 +16,10 @@ import signal
 import sys
 from typing import Any
 
-from dispy_core.errors import ConfigError, ExecutionError, SetupError
+from dispy_core.errors import ConfigError, DispyError, ExecutionError, SetupError
 from dispy_core.interfaces import ComputationSpec, ExecutorEvents, JobOutcome
 from dispy_core.status import JobStatus
-from dispy_plugins.executor_host import ipc, proctree
+from dispy_plugins.executor_host import ipc, namespace, proctree
 from dispy_plugins.executor_host.namespace import CompInfo
 
 logger = logging.getLogger("dispy.node.executor")
@@ -214,6 +214,10 @@ class HostExecutor:
     ``executor.start_timeout`` (seconds a host may take to load the computation, default 60) and
     ``executor.<mode>.spares`` (job processes kept started ahead of need, default 8 forked or 2 spawned)
     and ``executor.fork.zygote`` (false: the host forks job processes itself, not its fork server).
+
+    The computation's serializer (``spec.serializer``, a name) is made here by its plugin, through a
+    plugin manager, once per name; host and job processes get it pickled (see
+    :func:`~dispy_plugins.executor_host.namespace.load_serializer`).
     """
 
     name = "host"
@@ -230,11 +234,14 @@ class HostExecutor:
             raise ConfigError(f"executor.{self.mode}.spares must be an integer of at least 1, not {spares!r}")
         self.spares = spares
         self.zygote = bool(get(f"executor.{self.mode}.zygote", True)) if get else True
+        self.config = config
         self._links: dict[str, _HostLink] = {}
+        self._serializers: dict[str, bytes] = {}  # serializer name -> the plugin-made serializer, pickled
 
     async def open(self, spec: ComputationSpec, events: ExecutorEvents) -> None:
         if spec.comp_id in self._links:
             raise SetupError(f"computation {spec.comp_id} is already open on this node")
+        serializer = self._serializer_blob(spec.serializer)
         loop = asyncio.get_running_loop()
         link = _HostLink(spec.comp_id, events, self.max_frame)
         kwargs: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {}
@@ -247,7 +254,7 @@ class HostExecutor:
             raise SetupError(f"cannot start the computation host process: {exc}") from exc
         self._links[spec.comp_id] = link
         try:
-            await self._setup(link, spec)
+            await self._setup(link, spec, serializer)
         except BaseException:
             self._links.pop(spec.comp_id, None)
             link.closing = True
@@ -256,13 +263,24 @@ class HostExecutor:
                 await asyncio.wait_for(asyncio.shield(link.gone), 5.0)
             raise
 
-    async def _setup(self, link: _HostLink, spec: ComputationSpec) -> None:
+    def _serializer_blob(self, name: str) -> bytes:
+        """The serializer named ``name``, made by its plugin and pickled (empty: the host builds it)."""
+        blob = self._serializers.get(name)
+        if blob is None:
+            try:
+                serializer = namespace.build_serializer(name, self.config)
+            except DispyError as exc:
+                raise SetupError(f"cannot make the computation's serializer: {exc}") from exc
+            blob = self._serializers[name] = namespace.serializer_blob(serializer)
+        return blob
+
+    async def _setup(self, link: _HostLink, spec: ComputationSpec, serializer: bytes) -> None:
         info = CompInfo(comp_id=spec.comp_id, name=spec.name, kind=spec.kind, work_dir=str(spec.work_dir),
                         serializer=spec.serializer, source=spec.source, code_name=spec.code_name,
                         program=spec.program, py_version=tuple(spec.py_version),  # type: ignore[arg-type]
                         node_name=spec.node_name, node_ip_addr=spec.node_ip_addr, max_frame=self.max_frame,
                         code=spec.code, depends_code=spec.depends_code, setup=spec.setup,
-                        cleanup=spec.cleanup, setup_args=spec.setup_args,
+                        cleanup=spec.cleanup, setup_args=spec.setup_args, serializer_blob=serializer,
                         extra={"spares": self.spares, "zygote": self.zygote, **spec.extra})
         header, blobs = info.to_frame()
         link.send(header, blobs)

@@ -321,7 +321,7 @@ class Host:
         self.jobs_per_process = namespace.jobs_per_process(info)  # before the zygote copies this process
         try:
             os.chdir(info.work_dir)
-            self.serializer = namespace.load_serializer(info.serializer, lean=self.mode == "fork")
+            self.serializer = namespace.load_serializer(info)
             self.ns = namespace.install_user_main()
             namespace.install_depends(info, self.serializer, self.ns)
             self.fn = namespace.load_computation(info, self.serializer, self.ns)
@@ -357,7 +357,6 @@ class Host:
                 if info.setup or init_before is not None else {}
             header_, blobs_ = info.to_frame()
             blobs_.append(self.serializer.dumps(changed) if changed else b"")
-            blobs_.append(namespace.serializer_blob(self.serializer))  # spawned jobs build no plugin manager
             self.spawn_init = ipc.encode(header_, blobs_)
         else:
             if self.setup_result == 1:

@@ -1,7 +1,7 @@
 """A spawned job process (the Windows model): ``python -m dispy_plugins.executor_host.jobmain``.
 
 Started ahead of need by the host as a spare: it reads the ``init`` frame (computation, depends,
-setup's globals, and the serializer the host had its plugin make) and prepares its namespace while
+setup's globals, the serializer the node had its plugin make) and prepares its namespace while
 idle, then waits for a ``run`` frame, runs that job, writes its frames to stdout's original pipe and
 exits (or, with ``jobs_per_process`` above 1, waits for the next job, up to that many).
 """
@@ -29,16 +29,17 @@ def main() -> int:
     if frame is None:
         return 0
     header, blobs = frame
-    info = namespace.CompInfo.from_frame(header, blobs[:5])
+    n = len(namespace.CompInfo.BLOB_FIELDS)
+    info = namespace.CompInfo.from_frame(header, blobs[:n])
     serializer: Any = None
     fn: Any = None
     error, interrupted = "", False
     try:
-        serializer = namespace.serializer_from_blob(blobs[6] if len(blobs) > 6 else b"", info.serializer)
+        serializer = namespace.load_serializer(info)
         ns = namespace.install_user_main()
         namespace.install_depends(info, serializer, ns)
         fn = namespace.load_computation(info, serializer, ns)
-        namespace.install_setup_globals(blobs[5] if len(blobs) > 5 else b"", serializer, ns)
+        namespace.install_setup_globals(blobs[n] if len(blobs) > n else b"", serializer, ns)
         namespace.inject_globals(info, ns, fn)
     except BaseException as exc:  # a cancel's KeyboardInterrupt while still loading: Cancelled, not failed
         interrupted = isinstance(exc, KeyboardInterrupt)

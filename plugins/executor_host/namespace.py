@@ -48,9 +48,10 @@ class CompInfo:
     setup: bytes = b""
     cleanup: bytes = b""
     setup_args: bytes = b""
+    serializer_blob: bytes = b""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    BLOB_FIELDS = ("code", "depends_code", "setup", "cleanup", "setup_args")
+    BLOB_FIELDS = ("code", "depends_code", "setup", "cleanup", "setup_args", "serializer_blob")
 
     def to_frame(self) -> tuple[dict[str, Any], list[bytes]]:
         header: dict[str, Any] = {"op": "init"}
@@ -175,74 +176,18 @@ def load_computation(info: CompInfo, serializer: Any, ns: dict[str, Any]) -> Any
     return fn
 
 
-def build_serializer(name: str) -> Any:
+def build_serializer(name: str, config: Any = None) -> Any:
     """The serializer named ``name``, made by its plugin (``dispy_make_serializer``) through a plugin
-    manager of this process's own, as the node made its own: the name is all that travels."""
+    manager of its own; ``config`` (the node's :class:`~dispy_core.config.Config`) lends its settings."""
     from dispy_core.config import Config
     from dispy_core.pluginmanager import DispyPluginManager
 
-    return DispyPluginManager(Config(role="job", serializer=name)).make_serializer(name)
-
-
-def load_serializer(name: str, *, lean: bool = False) -> Any:
-    """The computation's serializer, :func:`build_serializer` ``(name)``.
-
-    ``lean`` (a host whose job processes are forks of it): the plugin manager is built in a child
-    forked for the purpose, which sends the serializer back pickled, so that this process never
-    imports stevedore and ``importlib.metadata``. They import ``threading``, whose at-fork handler then
-    runs in every forked job process and touches (copies) pages: measured, one fork + exit took twice
-    the CPU (about 1.0 -> 2.1 ms). A serializer that cannot be pickled, or a child that fails, and it
-    is built here after all (the same serializer; only the forks cost more), which also raises the
-    plugin manager's own error (e.g. ``PluginNotFound``) where there is one.
-    """
-    if lean and hasattr(os, "fork"):
-        serializer = _build_in_child(name)
-        if serializer is not None:
-            return serializer
-    return build_serializer(name)
-
-
-def _build_in_child(name: str) -> Any:
-    import pickle
-
-    from dispy_plugins.executor_host import ipc
-
-    r, w = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        ipc.close_quietly((r, w))
-        return None
-    if pid == 0:  # the child: build, send, exit; never back into the caller
-        try:
-            os.close(r)
-            ipc.write_all(w, pickle.dumps(build_serializer(name), protocol=pickle.HIGHEST_PROTOCOL))
-        finally:
-            os._exit(0)
-    os.close(w)
-    chunks = []
-    try:
-        while chunk := os.read(r, 1 << 20):
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:  # reaped elsewhere
-            pass
-    if not chunks:
-        return None
-    try:
-        serializer = pickle.loads(b"".join(chunks))  # our own child's bytes
-    except Exception:
-        return None
-    return serializer if getattr(serializer, "name", None) == name else None
+    base = config if isinstance(config, Config) else Config()
+    return DispyPluginManager(base.replace(role="job", serializer=name)).make_serializer(name)
 
 
 def serializer_blob(serializer: Any) -> bytes:
-    """The host's serializer, for a spawned job process to load (:func:`serializer_from_blob`) instead
-    of building a plugin manager of its own (that would double the interpreter's start-up: about
-    +60 ms and 90 more modules); empty if it cannot be pickled."""
+    """A serializer pickled for host and job processes (:func:`load_serializer`); empty if it cannot be."""
     import pickle
 
     try:
@@ -251,15 +196,23 @@ def serializer_blob(serializer: Any) -> bytes:
         return b""
 
 
-def serializer_from_blob(blob: bytes | memoryview, name: str) -> Any:
-    """In a spawned job: the host's serializer (:func:`serializer_blob`), else one built here."""
+def load_serializer(info: CompInfo) -> Any:
+    """The serializer the node-side executor had its plugin make (``info.serializer_blob``: the node
+    builds it by name, pickles it and never loads anything back), else one built here by name.
+
+    Host and job processes thus build no plugin manager, which would import stevedore and
+    ``importlib.metadata`` and with them ``threading``: its at-fork handler then runs in every forked job
+    (measured: fork + exit twice the CPU, some 20 more page faults per job), and a spawned interpreter
+    would take twice as long to get ready (about 60 -> 120 ms, 90 more modules).
+    """
+    blob = info.serializer_blob
     if blob:
         import pickle
 
-        serializer = pickle.loads(blob)  # from the host that started this process
-        if getattr(serializer, "name", None) == name:
+        serializer = pickle.loads(blob)  # from the node, this process's parent (or from its host)
+        if getattr(serializer, "name", None) == info.serializer:
             return serializer
-    return build_serializer(name)
+    return build_serializer(info.serializer)
 
 
 def inject_globals(info: CompInfo, ns: dict[str, Any], fn: Any) -> None:

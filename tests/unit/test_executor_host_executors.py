@@ -20,6 +20,7 @@ from dispy_core.errors import ExecutionError, SetupError
 from dispy_core.interfaces import ComputationSpec, JobExecutor, JobOutcome
 from dispy_core.status import JobStatus
 from dispy_plugins.executor_fork.executor import ForkExecutor
+from dispy_plugins.executor_host import namespace
 from dispy_plugins.executor_spawn_windows.executor import SpawnExecutor
 from dispy_plugins.serializer_pickle.serializer import PickleSerializer
 
@@ -62,6 +63,9 @@ class Events:
 
     def job_file(self, comp_id: str, job_uid: int, relpath: str, data: bytes) -> None:
         self.log.append(("file", job_uid, relpath, data))
+
+    def node_shutdown(self, comp_id: str) -> None:
+        self.log.append(("shutdown", comp_id))
 
     def job_done(self, comp_id: str, job_uid: int, outcome: JobOutcome) -> None:
         self.outcomes[job_uid] = outcome
@@ -456,9 +460,9 @@ def probe():
 
 @pytest.mark.parametrize("cls", EXECUTORS)
 def test_serializer_comes_from_its_plugin_and_jobs_stay_lean(cls: Any, tmp_path: Path) -> None:
-    """Host and jobs get the serializer by its name through the plugin manager, not from a class path; yet
-    no job process loads stevedore or pluggy, and a forked one not even ``threading`` (whose at-fork
-    handler would double the CPU cost of every fork)."""
+    """The serializer is made by its plugin through the plugin manager (by the name in the spec, not from
+    a class path), in the node; host and jobs get it pickled, so no job process loads stevedore or pluggy,
+    and a forked one not even ``threading`` (whose at-fork handler would cost every fork)."""
     spec = make_spec(tmp_path, source=PROBE, code_name="probe", extra={"source_complete": True})
 
     async def body(ex: JobExecutor, ev: Events) -> None:
@@ -469,6 +473,21 @@ def test_serializer_comes_from_its_plugin_and_jobs_stay_lean(cls: Any, tmp_path:
         assert "stevedore" not in loaded and "pluggy" not in loaded and "importlib.metadata" not in loaded
         if cls is ForkExecutor:
             assert loaded == []
+
+    run(with_executor(cls, spec, body))
+
+
+@pytest.mark.parametrize("cls", EXECUTORS)
+def test_a_serializer_that_cannot_be_pickled_is_built_by_the_host(cls: Any, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(namespace, "serializer_blob", lambda serializer: b"")
+    spec = make_spec(tmp_path, source=PROBE, code_name="probe", extra={"source_complete": True})
+
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        await ex.submit("c1", 1, args())
+        out = await ev.done(1)
+        assert out.status == JobStatus.Finished, out.exception
+        assert "stevedore" in S.loads(out.result)  # the host (and a spawned job) built a plugin manager
 
     run(with_executor(cls, spec, body))
 
