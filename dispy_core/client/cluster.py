@@ -436,6 +436,7 @@ class JobCluster:
             log.warning("set_node_cpus(%s, %d): leaves no CPU of the %d granted", conn.node.key, cpus, limit)
             return -1
         self._driver.feed(ev.NodeCpus(conn.node.key, wanted))
+        self._driver.sync(conn)
         return wanted
 
     def _node_snapshot(self) -> tuple[list[DispyNode], dict[str, str]]:
