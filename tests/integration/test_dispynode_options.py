@@ -306,8 +306,8 @@ def test_node_itself_bounds_files_from_jobs() -> None:
     server = NodeServer(NodeOptions(host="127.0.0.1", max_file_size=10))
     forwarded: list[m.Message] = []
     server._send_to_owner = lambda comp_id, msg: forwarded.append(msg)  # type: ignore[method-assign]
-    server._job_file("c1", 1, "small", b"x" * 10)
-    server._job_file("c1", 2, "large", b"x" * 11)
+    server.jobs.job_file("c1", 1, "small", b"x" * 10)
+    server.jobs.job_file("c1", 2, "large", b"x" * 11)
     assert [msg.relpath for msg in forwarded if isinstance(msg, m.JobFile)] == ["small"]
 
 
