@@ -344,6 +344,7 @@ class JobCluster:
 
     # ================================================================== loop side
     async def _discover_initial(self) -> None:
+        self._driver.spawn(self._driver.tick())
         await self._life.discover(self._entries)
         self._discovered.set()
         self._driver.feed(ev.DiscoveryDone())

@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dispy")
 
-__all__ = ["ClientDriver"]
+__all__ = ["TICK", "ClientDriver"]
+
+TICK = 1.0
+"""Seconds between the ``Tick`` events the state gets."""
 
 
 class ClientDriver:
@@ -65,6 +68,12 @@ class ClientDriver:
                 if conn is not None and conn.drained is not None:
                     conn.drained.set()  # the close operation waiting for this node goes on
         return instructions
+
+    async def tick(self, period: float = TICK) -> None:
+        """Time for the state (its probes of shared nodes; later, its timeouts), while the cluster is open."""
+        while not self.cluster._closed:
+            await asyncio.sleep(period)
+            self.feed(ev.Tick(time.time()))
 
     def submit(self, job: DispyJob) -> None:
         self.jobs[job._uid] = job

@@ -24,6 +24,7 @@ import psutil
 
 from dispy_core import __version__
 from dispy_core.channel import Channel, _fmt
+from dispy_core.computation import Computation
 from dispy_core.config import Config
 from dispy_core.errors import ConfigError, DispyError, ExecutionError, ProtocolError, SetupError, UnsafePathError
 from dispy_core.interfaces import ByteStream, ComputationSpec, JobExecutor, JobOutcome, Listener
@@ -269,7 +270,7 @@ class NodeServer:
         return ""
 
     def _update_capacity(self) -> None:
-        self._apply(self.state.handle(ev.NodeCapacity(self.state.cpus, self.not_accepting_reason())))
+        self._apply(self.state.handle(ev.NodeCapacity(self.state.cpus, self.not_accepting_reason(), time.time())))
 
     def set_accepting(self, accepting: bool) -> None:
         self.accepting = accepting
@@ -279,7 +280,7 @@ class NodeServer:
     def set_cpus(self, requested: int) -> int:
         """Serve ``requested`` CPUs (0 = all, negative = all but); ValueError if impossible."""
         cpus = resolve_cpus(requested)
-        self._apply(self.state.handle(ev.NodeCapacity(cpus, self.not_accepting_reason())))
+        self._apply(self.state.handle(ev.NodeCapacity(cpus, self.not_accepting_reason(), time.time())))
         log.info("dispynode %s now serves %d CPUs", self.name, self.cpus)
         return self.cpus
 
@@ -404,13 +405,9 @@ class NodeServer:
             return
         comp = HostedComputation(msg.comp_id, msg.name, channel, ComputationFiles(work_dir, self.options.max_file_size),
                                  cleanup_files=msg.cleanup_files or self.options.force_cleanup)
-        comp.spec = ComputationSpec(
-            comp_id=msg.comp_id, name=msg.name, kind=msg.kind, work_dir=work_dir,
-            serializer=self.serializer.name, code=msg.code, source=msg.source, code_name=msg.code_name,
-            program=msg.program, py_version=(msg.py_version[0], msg.py_version[1]) if len(msg.py_version) >= 2
-            else (0, 0), depends_code=msg.depends_code, setup=msg.setup, cleanup=msg.cleanup,
-            setup_args=msg.setup_args, node_name=self.name, node_ip_addr=self.host, setup_timeout=msg.setup_timeout,
-            extra=self._executor_extra(msg.options))
+        comp.spec = ComputationSpec(Computation.of(msg), work_dir, self.serializer.name, node_name=self.name,
+                                    node_ip_addr=self.host, setup_timeout=msg.setup_timeout,
+                                    extra=self._executor_extra(msg.options))
         self.computations[msg.comp_id] = comp
         self._apply(self.state.handle(ev.CompOpened(msg.comp_id, msg.cpus)))
         self._served += 1
@@ -443,7 +440,7 @@ class NodeServer:
         return record.cpus if record is not None else 0
 
     def _executor_extra(self, options: dict[str, Any]) -> dict[str, Any]:
-        extra: dict[str, Any] = {k: options[k] for k in ("source_complete", "source_modules") if k in options}
+        extra: dict[str, Any] = {}
         if self.options.init_file:
             extra["init_file"] = self.options.init_file
         if self.options.max_file_size:

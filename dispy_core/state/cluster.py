@@ -13,8 +13,8 @@ It is pure: events in (``state.events``), instructions out, no I/O and no clock.
 - **Choice.** Pinned jobs go first to their node. Then the scheduler plugin (``interfaces.Scheduler``)
   assigns pending jobs to nodes with room; assignments that name an unknown job or node, a pinned job,
   or a node without room are ignored, so a faulty scheduler cannot overfill a node.
-- **Refusals.** A refused job goes back to the front of its queue; "no free CPU" means the node is
-  shared, so its CPUs are lowered to what it holds.
+- **Refusals.** A refused job goes back to the front of its queue. "No free CPU" means the node is
+  shared: it gets no more jobs than it holds now, one more with each result it returns or each ``Tick``.
 - **Lost nodes.** Jobs that only waited there go back to the queue. Running jobs are resubmitted or
   abandoned as ``recover`` (the ``dispy_recover`` hook) decides, by default resubmitted when the cluster
   is ``reentrant``. A job being cancelled ends Cancelled; a pinned job cannot move and is Abandoned.
@@ -81,6 +81,8 @@ class NodeRecord:
     pinned: collections.deque[int] = field(default_factory=collections.deque)
     jobs_done: int = 0
     run_time: float = 0.0
+    limit: int | None = None
+    """Jobs the node held when it last refused one for want of a CPU (it is shared); None: no such bound."""
 
     @property
     def busy(self) -> int:
@@ -89,7 +91,15 @@ class NodeRecord:
     @property
     def capacity(self) -> int:
         """Jobs to keep in flight here (see the module's "Capacity")."""
-        return self.cpus * self.pipeline if self.cpus >= self.granted else self.cpus
+        full = self.cpus * self.pipeline if self.cpus >= self.granted else self.cpus
+        return full if self.limit is None else min(full, self.limit)
+
+    def relax(self) -> None:
+        """Try one job more than the node last held (a result came back, or time passed)."""
+        if self.limit is not None:
+            self.limit += 1
+            if self.limit >= (self.cpus * self.pipeline if self.cpus >= self.granted else self.cpus):
+                self.limit = None
 
     @property
     def accepting(self) -> bool:
@@ -179,6 +189,7 @@ class ClusterState:
         del node.in_flight[event.uid]
         node.jobs_done += 1
         node.run_time += max(0.0, event.run_time)
+        node.relax()
         self.scheduler.job_done(node.node_id, max(0.0, event.run_time))
         status = event.status if event.status in FINAL_JOB_STATES else JobStatus.Terminated
         self._final(record, result_event(status), out, outcome=event.outcome)
@@ -199,8 +210,8 @@ class ClusterState:
         node = self.nodes[event.node_id]
         del node.in_flight[event.uid]
         record.node_id, record.waiting = None, False
-        if event.reason == RefusalReason.NO_FREE_CPU:  # other clients use some of its CPUs
-            node.cpus = max(1, min(node.cpus, node.busy // self.pipeline))
+        if event.reason == RefusalReason.NO_FREE_CPU:  # shared: hold no more than it holds now
+            node.limit = node.busy
         if record.cancelling:
             self._final(record, JobEvent.CANCELLED, out, "Cancelled")
         else:
@@ -248,6 +259,7 @@ class ClusterState:
         else:  # set up again (resetup_node)
             node.granted = node.cpus = cpus
             node.closing = node.close_when_drained = node.terminate = False
+            node.limit = None
         parked = [uid for uid in self.parked if self.jobs[uid].pinned == event.node_id]
         for uid in parked:
             self.parked.remove(uid)
@@ -347,7 +359,14 @@ class ClusterState:
             self._close(node, event.terminate, "Cancelled (cluster closed)", out)
 
     def _tick(self, event: ev.Tick, out: Out) -> None:
-        """Nothing times out yet; the fault-tolerance work hangs its timers here."""
+        """A node that refused jobs for want of a CPU is offered one more each tick (a probe)."""
+        relaxed = False
+        for node in self.nodes.values():
+            if node.limit is not None:
+                node.relax()
+                relaxed = True
+        if relaxed:
+            self._dispatch(out)
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self, out: Out) -> None:

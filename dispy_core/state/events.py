@@ -279,6 +279,7 @@ class NodeCapacity:
     cpus: int
     closed_reason: str = ""
     """Empty: open. Otherwise why new jobs are refused (stopped, outside the service window, quitting)."""
+    time: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,6 +147,8 @@ class NodeState:
         if self.cap == 0:
             for comp in self.comps.values():
                 self._refuse_queued(comp, RefusalReason.NOT_ACCEPTING, self.closed_reason, out)
+        else:  # more CPUs may start jobs that wait
+            self._start_queued(event.time, out)
 
     def _terminate(self, event: ev.TerminateRunning, out: Out) -> None:
         for comp in self.comps.values():
