@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from dispy_core.computation import Computation
+
 
 # --------------------------------------------------------------------------- transport
 @runtime_checkable
@@ -104,29 +106,18 @@ class Discovery(Protocol):
 # --------------------------------------------------------------------------- executor
 @dataclass(slots=True)
 class ComputationSpec:
-    """Everything a node-side executor needs to host one computation.
+    """Everything a node-side executor needs to host one computation: the client's record of it
+    (:class:`~dispy_core.computation.Computation`, as it arrived) and what the node adds.
 
-    ``code`` is the computation serialized by ``serializer`` (by value), ``source``/``code_name`` a
-    source-code fallback used when the client's Python differs from the node's. ``kind`` is
-    ``"function"`` or ``"program"`` (then ``program`` is the program's path relative to
-    ``work_dir`` or absolute). ``depends_code`` is a serialized list of functions/classes/instances
-    that jobs see as globals. ``setup``/``cleanup`` are serialized callables (or empty bytes).
+    ``work_dir`` is the computation's directory, ``serializer`` the name of the serializer its blobs
+    are in, ``setup_timeout`` how long setup may run (seconds; 0 or less: no bound). ``extra`` holds
+    what the node decided for it (``jobs_per_process`` bounded by the node's maximum, ``init_file``,
+    ``max_file_size``); executors may read further keys of their own.
     """
 
-    comp_id: str
-    name: str
-    kind: str
+    computation: Computation
     work_dir: Path
     serializer: str
-    code: bytes = b""
-    source: str = ""
-    code_name: str = ""
-    program: str = ""
-    py_version: tuple[int, int] = (0, 0)
-    depends_code: bytes = b""
-    setup: bytes = b""
-    cleanup: bytes = b""
-    setup_args: bytes = b""
     node_name: str = ""
     node_ip_addr: str = ""
     setup_timeout: float = 600.0

@@ -11,7 +11,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispy_core.errors import SerializationError
+from dispy_core.computation import Computation
 from dispy_core.interfaces import Serializer
 
 
@@ -27,20 +27,30 @@ class FileDepend:
 
 @dataclass
 class Package:
-    kind: str
-    name: str
-    code: bytes = b""
-    source: str = ""
-    code_name: str = ""
-    source_modules: dict[str, str] = field(default_factory=dict)
-    """When set (possibly empty) with ``source``: the source alone rebuilds the function, given these
-    modules imported under these names; nodes then need not load dill-pickled code (cheaper forks)."""
-    source_complete: bool = False
-    program: str = ""
-    depends_code: bytes = b""
-    setup: bytes = b""
-    cleanup: bytes = b""
+    """A packaged computation: its record (``comp_id`` and ``setup_args`` are filled in when it is opened
+    on a node) and the files to send with it."""
+
+    computation: Computation
     files: list[FileDepend] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.computation.kind
+
+    @property
+    def name(self) -> str:
+        return self.computation.name
+
+    @property
+    def source_complete(self) -> bool:
+        """The source alone rebuilds the function, given :attr:`source_modules`: nodes then need not load
+        dill-pickled code (cheaper forks)."""
+        return bool(self.computation.options.get("source_complete"))
+
+    @property
+    def source_modules(self) -> dict[str, str]:
+        """The modules the source needs: name in the function's globals -> module name."""
+        return dict(self.computation.options.get("source_modules", {}))
 
 
 def file_depend(path: str) -> FileDepend:
@@ -126,37 +136,34 @@ def split_depends(depends: list[Any], serializer: Serializer) -> tuple[bytes, li
 
 
 def package(computation: Any, depends: list[Any], setup: Any, cleanup: Any, serializer: Serializer) -> Package:
+    files: list[FileDepend] = []
+    fields: dict[str, Any]
     if isinstance(computation, str):
+        fields = {"kind": "program", "name": os.path.basename(computation), "program": computation}
         if os.path.isfile(computation):
             dep = file_depend(computation)
-            pkg = Package("program", os.path.basename(computation), program=dep.relpath)
-            pkg.files.append(dep)
-        else:
-            pkg = Package("program", os.path.basename(computation), program=computation)
+            fields["program"] = dep.relpath
+            files.append(dep)
     elif callable(computation) and inspect.isfunction(computation):
         source = function_source(computation)
-        pkg = Package("function", computation.__name__, code=serializer.dumps_code(computation),
-                      source=source, code_name=computation.__name__)
+        fields = {"kind": "function", "name": computation.__name__, "code": serializer.dumps_code(computation),
+                  "source": source, "code_name": computation.__name__}
         modules = portable_source(computation, source)
         if modules is not None:
-            pkg.source_modules, pkg.source_complete = modules, True
+            fields["options"] = {"source_complete": True, **({"source_modules": modules} if modules else {})}
     elif callable(computation):
-        try:
-            pkg = Package("function", getattr(computation, "__name__", type(computation).__name__),
-                          code=serializer.dumps_code(computation))
-        except SerializationError:
-            raise
+        fields = {"kind": "function", "name": getattr(computation, "__name__", type(computation).__name__),
+                  "code": serializer.dumps_code(computation)}
     else:
         raise ValueError(f"computation must be a Python function or the path of a program, not {computation!r}")
-    depends_code, files = split_depends(depends, serializer)
-    pkg.depends_code = depends_code
-    pkg.files.extend(files)
+    fields["depends_code"], depend_files = split_depends(depends, serializer)
+    files.extend(depend_files)
     for what, fn in (("setup", setup), ("cleanup", cleanup)):
         if fn is None or isinstance(fn, bool):
             continue
         if not callable(fn):
             raise ValueError(f"{what} must be a function, not {fn!r}")
-        if pkg.kind == "program":
+        if fields["kind"] == "program":
             raise ValueError(f"{what} is only possible with a Python function computation")
-        setattr(pkg, what, serializer.dumps_code(fn))
-    return pkg
+        fields[what] = serializer.dumps_code(fn)
+    return Package(Computation(comp_id="", py_version=list(sys.version_info[:2]), **fields), files)

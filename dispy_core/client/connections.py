@@ -8,9 +8,9 @@ operations on one node never interleave (``queue_op``). What each step means for
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -169,13 +169,11 @@ class NodeLife:
         cluster = self.cluster
         pkg, timeout = cluster._pkg, cluster.config.msg_timeout
         setup_args = cluster.serializer.dumps(conn.setup_args) if conn.setup_args else b""
+        computation = dataclasses.replace(pkg.computation, comp_id=cluster.comp_id, setup_args=setup_args,
+                                          options={**pkg.computation.options, **cluster._computation_options()})
         reply = await channel.request(m.ComputationOpen(
-            channel.next_req_id(), cluster.comp_id, cluster.name, pkg.kind, code=pkg.code, source=pkg.source,
-            code_name=pkg.code_name, program=pkg.program, py_version=list(sys.version_info[:2]),
-            depends_code=pkg.depends_code, setup=pkg.setup, cleanup=pkg.cleanup,
-            cleanup_files=cluster._cleanup_files, setup_args=setup_args, cpus=cpus,
-            dest_path=cluster.dest_path or "", setup_timeout=cluster.setup_timeout,
-            options=cluster._computation_options()), timeout)
+            req_id=channel.next_req_id(), **computation.fields(), cleanup_files=cluster._cleanup_files, cpus=cpus,
+            dest_path=cluster.dest_path or "", setup_timeout=cluster.setup_timeout), timeout)
         assert isinstance(reply, m.ComputationReady)
         if not reply.ok:
             raise DispyError(f"node could not open the computation: {reply.error}")

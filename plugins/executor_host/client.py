@@ -239,11 +239,12 @@ class HostExecutor:
         self._serializers: dict[str, bytes] = {}  # serializer name -> the plugin-made serializer, pickled
 
     async def open(self, spec: ComputationSpec, events: ExecutorEvents) -> None:
-        if spec.comp_id in self._links:
-            raise SetupError(f"computation {spec.comp_id} is already open on this node")
+        comp_id = spec.computation.comp_id
+        if comp_id in self._links:
+            raise SetupError(f"computation {comp_id} is already open on this node")
         serializer = self._serializer_blob(spec.serializer)
         loop = asyncio.get_running_loop()
-        link = _HostLink(spec.comp_id, events, self.max_frame)
+        link = _HostLink(comp_id, events, self.max_frame)
         kwargs: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {}
         try:
             await loop.subprocess_exec(lambda: link, sys.executable, "-m", "dispy_plugins.executor_host.host",
@@ -252,11 +253,11 @@ class HostExecutor:
                                        **kwargs)
         except OSError as exc:
             raise SetupError(f"cannot start the computation host process: {exc}") from exc
-        self._links[spec.comp_id] = link
+        self._links[comp_id] = link
         try:
             await self._setup(link, spec, serializer)
         except BaseException:
-            self._links.pop(spec.comp_id, None)
+            self._links.pop(comp_id, None)
             link.closing = True
             link._kill()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -275,13 +276,8 @@ class HostExecutor:
         return blob
 
     async def _setup(self, link: _HostLink, spec: ComputationSpec, serializer: bytes) -> None:
-        info = CompInfo(comp_id=spec.comp_id, name=spec.name, kind=spec.kind, work_dir=str(spec.work_dir),
-                        serializer=spec.serializer, source=spec.source, code_name=spec.code_name,
-                        program=spec.program, py_version=tuple(spec.py_version),  # type: ignore[arg-type]
-                        node_name=spec.node_name, node_ip_addr=spec.node_ip_addr, max_frame=self.max_frame,
-                        code=spec.code, depends_code=spec.depends_code, setup=spec.setup,
-                        cleanup=spec.cleanup, setup_args=spec.setup_args, serializer_blob=serializer,
-                        extra={"spares": self.spares, "zygote": self.zygote, **spec.extra})
+        info = CompInfo.of(spec, max_frame=self.max_frame, serializer_blob=serializer,
+                           extra={"spares": self.spares, "zygote": self.zygote, **spec.extra})
         header, blobs = info.to_frame()
         link.send(header, blobs)
         timeout: float | None = self.start_timeout

@@ -314,6 +314,7 @@ class Host:
 
     def _init(self, header: dict[str, Any], blobs: list[bytes]) -> None:
         info = self.info = CompInfo.from_frame(header, blobs)
+        comp = info.computation
         self.reader = ipc.FrameReader(info.max_frame or ipc.DEFAULT_MAX_FRAME, views=True)  # args pass through
         namespace.shutdown_request = lambda: self.send({"op": "shutdown"})  # dispynode_shutdown() here
         limit = info.extra.get("max_file_size", 0)
@@ -323,11 +324,11 @@ class Host:
             os.chdir(info.work_dir)
             self.serializer = namespace.load_serializer(info)
             self.ns = namespace.install_user_main()
-            namespace.install_depends(info, self.serializer, self.ns)
-            self.fn = namespace.load_computation(info, self.serializer, self.ns)
+            namespace.install_depends(comp, self.serializer, self.ns)
+            self.fn = namespace.load_computation(comp, self.serializer, self.ns)
             namespace.inject_globals(info, self.ns, self.fn)
         except BaseException as exc:
-            self._setup_failed(f"cannot load computation {info.name!r}:\n{runtime.format_exception(exc, 0)}")
+            self._setup_failed(f"cannot load computation {comp.name!r}:\n{runtime.format_exception(exc, 0)}")
             return
         init_before = namespace.snapshot(self.ns) if info.extra.get("init_file") else None
         try:
@@ -336,11 +337,11 @@ class Host:
             self._setup_failed(f"the node's --init file failed:\n{runtime.format_exception(exc)}")
             return
         before = namespace.snapshot(self.ns)
-        if info.setup:
+        if comp.setup:
             self.send({"op": "setup_start"})
             try:
-                setup = namespace.load_callable(info.setup, self.serializer, self.ns)
-                value = namespace.call_with_setup_args(setup, info, self.serializer)
+                setup = namespace.load_callable(comp.setup, self.serializer, self.ns)
+                value = namespace.call_with_setup_args(setup, comp, self.serializer)
             except BaseException as exc:
                 self._setup_failed(f"setup raised an exception:\n{runtime.format_exception(exc)}")
                 return
@@ -354,7 +355,7 @@ class Host:
         if self.mode == "spawn":
             base = before if init_before is None else init_before  # spawned jobs need init's globals too
             changed = namespace.changed_globals(self.ns, base, self.serializer) \
-                if info.setup or init_before is not None else {}
+                if comp.setup or init_before is not None else {}
             header_, blobs_ = info.to_frame()
             blobs_.append(self.serializer.dumps(changed) if changed else b"")
             self.spawn_init = ipc.encode(header_, blobs_)
@@ -384,14 +385,14 @@ class Host:
         self._retire_spares()
         error = ""
         info = self.info
-        if info is not None and info.cleanup and self.serializer is not None:
+        if info is not None and info.computation.cleanup and self.serializer is not None:
             namespace.put_back_globals(self.ns, self.held)
             self.held = {}
             try:
                 os.chdir(info.work_dir)
-                cleanup = namespace.load_callable(info.cleanup, self.serializer, self.ns)
+                cleanup = namespace.load_callable(info.computation.cleanup, self.serializer, self.ns)
                 if callable(cleanup):
-                    namespace.call_with_setup_args(cleanup, info, self.serializer)
+                    namespace.call_with_setup_args(cleanup, info.computation, self.serializer)
             except BaseException as exc:
                 error = f"cleanup raised an exception:\n{runtime.format_exception(exc)}"
                 logger.warning("%s", error.rstrip())
@@ -459,7 +460,8 @@ class Host:
                          f"{runtime.format_exception(exc, 0)}")
         reader = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME, views=True)
         channel = runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame, self.max_file_size)
-        runtime.serve_jobs(reader, channel, info.kind, self.fn, info.program, self.jobs_per_process, error,
+        comp = info.computation
+        runtime.serve_jobs(reader, channel, comp.kind, self.fn, comp.program, self.jobs_per_process, error,
                            interrupted)
 
     # ------------------------------------------------------------------ the zygote (fork mode)

@@ -29,26 +29,26 @@ def main() -> int:
     if frame is None:
         return 0
     header, blobs = frame
-    n = len(namespace.CompInfo.BLOB_FIELDS)
-    info = namespace.CompInfo.from_frame(header, blobs[:n])
+    info = namespace.CompInfo.from_frame(header, blobs)
+    comp, n = info.computation, namespace.CompInfo.BLOBS
     serializer: Any = None
     fn: Any = None
     error, interrupted = "", False
     try:
         serializer = namespace.load_serializer(info)
         ns = namespace.install_user_main()
-        namespace.install_depends(info, serializer, ns)
-        fn = namespace.load_computation(info, serializer, ns)
+        namespace.install_depends(comp, serializer, ns)
+        fn = namespace.load_computation(comp, serializer, ns)
         namespace.install_setup_globals(blobs[n] if len(blobs) > n else b"", serializer, ns)
         namespace.inject_globals(info, ns, fn)
     except BaseException as exc:  # a cancel's KeyboardInterrupt while still loading: Cancelled, not failed
         interrupted = isinstance(exc, KeyboardInterrupt)
-        error = (f"cannot load computation {info.name!r} in the job process:\n"
+        error = (f"cannot load computation {comp.name!r} in the job process:\n"
                  f"{runtime.format_exception(exc, 0)}")
     limit = info.extra.get("max_file_size", 0)
     channel = runtime.JobChannel(ctl_out, serializer or pickle, info.work_dir, info.max_frame,
                                  limit if type(limit) is int and limit > 0 else 0)
-    runtime.serve_jobs(reader, channel, info.kind, fn, info.program, namespace.jobs_per_process(info), error,
+    runtime.serve_jobs(reader, channel, comp.kind, fn, comp.program, namespace.jobs_per_process(info), error,
                        interrupted)
     return 0
 

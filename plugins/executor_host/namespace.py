@@ -16,10 +16,14 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from dispy_core.computation import BLOB_FIELDS, Computation
 from dispy_plugins.executor_host import runtime
 from dispy_plugins.executor_host.lazylog import LazyLogger
+
+if TYPE_CHECKING:
+    from dispy_core.interfaces import ComputationSpec
 
 logger = LazyLogger("dispynode")
 
@@ -29,44 +33,43 @@ _SKIP_GLOBALS = frozenset({"__builtins__", "__name__", "__doc__", "__package__",
 
 @dataclass(slots=True)
 class CompInfo:
-    """What a host or job process knows about its computation (sent by the node in the init frame)."""
+    """What a host or job process knows about its computation: the client's record of it and what the
+    node adds (sent by the node in the init frame: the record's blobs, then the serializer's)."""
 
-    comp_id: str
-    name: str
-    kind: str
+    computation: Computation
     work_dir: str
     serializer: str
-    source: str = ""
-    code_name: str = ""
-    program: str = ""
-    py_version: tuple[int, int] = (0, 0)
     node_name: str = ""
     node_ip_addr: str = ""
     max_frame: int = 0
-    code: bytes = b""
-    depends_code: bytes = b""
-    setup: bytes = b""
-    cleanup: bytes = b""
-    setup_args: bytes = b""
     serializer_blob: bytes = b""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    BLOB_FIELDS = ("code", "depends_code", "setup", "cleanup", "setup_args", "serializer_blob")
-
-    def to_frame(self) -> tuple[dict[str, Any], list[bytes]]:
-        header: dict[str, Any] = {"op": "init"}
-        for name in ("comp_id", "name", "kind", "work_dir", "serializer", "source", "code_name", "program",
-                     "node_name", "node_ip_addr", "max_frame", "extra"):
-            header[name] = getattr(self, name)
-        header["py_version"] = list(self.py_version)
-        return header, [getattr(self, name) for name in self.BLOB_FIELDS]
+    BLOBS: ClassVar[int] = len(BLOB_FIELDS) + 1
+    """How many blobs the init frame has (a spawned job's init frame has one more: setup's globals)."""
 
     @classmethod
-    def from_frame(cls, header: dict[str, Any], blobs: list[bytes]) -> CompInfo:
-        fields = {k: v for k, v in header.items() if k != "op"}
-        fields["py_version"] = tuple(fields.get("py_version", (0, 0)))
-        fields.update(zip(cls.BLOB_FIELDS, blobs, strict=False))
-        return cls(**fields)
+    def of(cls, spec: ComputationSpec, **node: Any) -> CompInfo:
+        """The spec's record and node-side fields; ``node`` adds the executor's own (or replaces them)."""
+        fields: dict[str, Any] = {"work_dir": str(spec.work_dir), "serializer": spec.serializer,
+                                  "node_name": spec.node_name, "node_ip_addr": spec.node_ip_addr,
+                                  "extra": dict(spec.extra)}
+        return cls(spec.computation, **{**fields, **node})
+
+    def to_frame(self) -> tuple[dict[str, Any], list[bytes]]:
+        computation, blobs = self.computation.to_parts()
+        header = {"op": "init", "computation": computation, "work_dir": self.work_dir, "serializer": self.serializer,
+                  "node_name": self.node_name, "node_ip_addr": self.node_ip_addr, "max_frame": self.max_frame,
+                  "extra": self.extra}
+        return header, [*blobs, self.serializer_blob]
+
+    @classmethod
+    def from_frame(cls, header: dict[str, Any], blobs: list[Any]) -> CompInfo:
+        """The init frame's info; ``blobs`` beyond :attr:`BLOBS` are the caller's."""
+        n = len(BLOB_FIELDS)
+        computation = Computation.from_parts(header["computation"], blobs[:n])
+        return cls(computation, header["work_dir"], header["serializer"], header["node_name"],
+                   header["node_ip_addr"], header["max_frame"], blobs[n], header["extra"])
 
 
 def jobs_per_process(info: CompInfo) -> int:
@@ -120,16 +123,16 @@ def _rebind_namespace(ns: dict[str, Any]) -> None:
             return
 
 
-def install_depends(info: CompInfo, serializer: Any, ns: dict[str, Any]) -> list[Any]:
+def install_depends(comp: Computation, serializer: Any, ns: dict[str, Any]) -> list[Any]:
     """Put the depends' functions/classes/modules into ``ns`` by ``__name__``.
 
     An element ``(name, obj)`` with a string ``name`` installs ``obj`` under that name (how a client
     names an instance); an instance without a name is only kept alive (loading it already defined its
     class) and is not installed.
     """
-    if not info.depends_code:
+    if not comp.depends_code:
         return []
-    items = serializer.loads(info.depends_code)
+    items = serializer.loads(comp.depends_code)
     kept = []
     for item in items if isinstance(items, list | tuple) else [items]:
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
@@ -142,33 +145,33 @@ def install_depends(info: CompInfo, serializer: Any, ns: dict[str, Any]) -> list
     return kept
 
 
-def load_computation(info: CompInfo, serializer: Any, ns: dict[str, Any]) -> Any:
+def load_computation(comp: Computation, serializer: Any, ns: dict[str, Any]) -> Any:
     """The computation callable (None for programs): by value when Pythons match, else from source."""
-    if info.kind == "program":
+    if comp.kind == "program":
         return None
-    same_python = tuple(info.py_version) == sys.version_info[:2]
-    if info.code and same_python and not (info.source and info.extra.get("source_complete")):
-        fn = serializer.loads(info.code)
-    elif info.source:
+    same_python = tuple(comp.py_version[:2]) == sys.version_info[:2]
+    if comp.code and same_python and not (comp.source and comp.options.get("source_complete")):
+        fn = serializer.loads(comp.code)
+    elif comp.source:
         # The source path needs no dill in this process: forks of it stay small and cheap.
-        modules = info.extra.get("source_modules") or {}
+        modules = comp.options.get("source_modules") or {}
         if isinstance(modules, dict):
             for alias, module_name in modules.items():
                 if isinstance(alias, str) and isinstance(module_name, str):
                     ns[alias] = importlib.import_module(module_name)
-        exec(compile(info.source, f"<computation {info.name}>", "exec"), ns)  # noqa: S102 - user code, by design
-        fn = ns.get(info.code_name)
+        exec(compile(comp.source, f"<computation {comp.name}>", "exec"), ns)  # noqa: S102 - user code, by design
+        fn = ns.get(comp.code_name)
         if fn is None:
-            raise LookupError(f"the source of computation {info.name!r} does not define {info.code_name!r}")
-    elif info.code:
+            raise LookupError(f"the source of computation {comp.name!r} does not define {comp.code_name!r}")
+    elif comp.code:
         # Bytecode of another Python version may crash the interpreter: refuse with the remedy instead.
-        client = ".".join(map(str, info.py_version)) if any(info.py_version) else "unknown"
+        client = ".".join(map(str, comp.py_version)) if any(comp.py_version) else "unknown"
         raise ValueError(
-            f"computation {info.name!r} was sent as Python {client} bytecode without source code, and this node "
+            f"computation {comp.name!r} was sent as Python {client} bytecode without source code, and this node "
             f"runs Python {sys.version_info[0]}.{sys.version_info[1]}: define it with 'def' at module level so "
             f"its source travels too, or run the node with Python {client}")
     else:
-        raise ValueError(f"computation {info.name!r} has neither code nor source")
+        raise ValueError(f"computation {comp.name!r} has neither code nor source")
     fn = rebind(fn, ns)
     if callable(fn) and getattr(fn, "__name__", None):
         ns.setdefault(fn.__name__, fn)
@@ -296,8 +299,8 @@ def load_callable(blob: bytes, serializer: Any, ns: dict[str, Any]) -> Any:
     return rebind(serializer.loads(blob), ns)
 
 
-def call_with_setup_args(fn: Any, info: CompInfo, serializer: Any) -> Any:
-    args = serializer.loads(info.setup_args) if info.setup_args else ()
+def call_with_setup_args(fn: Any, comp: Computation, serializer: Any) -> Any:
+    args = serializer.loads(comp.setup_args) if comp.setup_args else ()
     if not isinstance(args, tuple | list):
         args = (args,)
     return fn(*args)

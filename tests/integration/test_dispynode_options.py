@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -73,9 +74,8 @@ class RawClient:
     async def open(self, comp_id: str) -> None:
         pkg = package(double, [], None, True, self.serializer)
         ch = self.channel
-        reply = await ch.request(m.ComputationOpen(
-            ch.next_req_id(), comp_id, "double", pkg.kind, code=pkg.code, source=pkg.source,
-            code_name=pkg.code_name, py_version=list(sys.version_info[:2])), 10)
+        computation = dataclasses.replace(pkg.computation, comp_id=comp_id)
+        reply = await ch.request(m.ComputationOpen(req_id=ch.next_req_id(), **computation.fields()), 10)
         assert isinstance(reply, m.ComputationReady) and reply.ok, reply
         reply = await ch.request(m.ComputationSetup(ch.next_req_id(), comp_id), 30)
         assert isinstance(reply, m.ComputationReady) and reply.ok, reply

@@ -16,6 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
+from dispy_core import computation
+from dispy_core.computation import Computation
 from dispy_core.errors import ExecutionError, SetupError
 from dispy_core.interfaces import ComputationSpec, JobExecutor, JobOutcome
 from dispy_core.status import JobStatus
@@ -87,11 +89,13 @@ class Events:
 
 
 def make_spec(work_dir: Path, fn: Any = None, **kw: Any) -> ComputationSpec:
-    kw.setdefault("kind", "function")
-    kw.setdefault("py_version", sys.version_info[:2])
-    return ComputationSpec(comp_id=kw.pop("comp_id", "c1"), name=kw.pop("name", "comp"), work_dir=work_dir,
-                           serializer="pickle", code=S.dumps_code(fn) if fn is not None else b"",
-                           node_name="node-x", node_ip_addr="127.0.0.9", **kw)
+    """A spec for ``fn``; ``kw`` sets fields of its record (Computation) or of the spec itself."""
+    record: dict[str, Any] = {"comp_id": "c1", "name": "comp", "kind": "function",
+                              "code": S.dumps_code(fn) if fn is not None else b""}
+    record.update((name, kw.pop(name)) for name in list(kw) if name in computation.NAMES)
+    record["py_version"] = list(record.get("py_version", sys.version_info[:2]))
+    return ComputationSpec(Computation(**record), work_dir, "pickle", node_name="node-x", node_ip_addr="127.0.0.9",
+                           **kw)
 
 
 def args(*a: Any, **k: Any) -> bytes:
@@ -463,7 +467,7 @@ def test_serializer_comes_from_its_plugin_and_jobs_stay_lean(cls: Any, tmp_path:
     """The serializer is made by its plugin through the plugin manager (by the name in the spec, not from
     a class path), in the node; host and jobs get it pickled, so no job process loads stevedore or pluggy,
     and a forked one not even ``threading`` (whose at-fork handler would cost every fork)."""
-    spec = make_spec(tmp_path, source=PROBE, code_name="probe", extra={"source_complete": True})
+    spec = make_spec(tmp_path, source=PROBE, code_name="probe", options={"source_complete": True})
 
     async def body(ex: JobExecutor, ev: Events) -> None:
         await ex.submit("c1", 1, args())
@@ -481,7 +485,7 @@ def test_serializer_comes_from_its_plugin_and_jobs_stay_lean(cls: Any, tmp_path:
 def test_a_serializer_that_cannot_be_pickled_is_built_by_the_host(cls: Any, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(namespace, "serializer_blob", lambda serializer: b"")
-    spec = make_spec(tmp_path, source=PROBE, code_name="probe", extra={"source_complete": True})
+    spec = make_spec(tmp_path, source=PROBE, code_name="probe", options={"source_complete": True})
 
     async def body(ex: JobExecutor, ev: Events) -> None:
         await ex.submit("c1", 1, args())
@@ -494,7 +498,7 @@ def test_a_serializer_that_cannot_be_pickled_is_built_by_the_host(cls: Any, tmp_
 
 @pytest.mark.parametrize("cls", EXECUTORS)
 def test_unknown_serializer_fails_setup_with_the_installed_names(cls: Any, tmp_path: Path) -> None:
-    spec = make_spec(tmp_path, source=PROBE, code_name="probe", extra={"source_complete": True})
+    spec = make_spec(tmp_path, source=PROBE, code_name="probe", options={"source_complete": True})
     spec.serializer = "no-such-serializer"
 
     async def body(ex: JobExecutor, ev: Events) -> None:

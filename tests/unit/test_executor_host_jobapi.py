@@ -47,7 +47,7 @@ async def run_jobs(ex: JobExecutor, spec: Any, jobs: dict[int, bytes]) -> Ordere
     await ex.open(spec, ev)
     try:
         for uid, data in jobs.items():
-            await ex.submit(spec.comp_id, uid, data)
+            await ex.submit(spec.computation.comp_id, uid, data)
         for uid in jobs:
             await ev.done(uid)
     finally:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dispy_core.computation import Computation
 from dispy_core.config import Config
 from dispy_core.errors import ExecutionError
 from dispy_core.interfaces import ComputationSpec, JobExecutor, JobOutcome, Serializer
@@ -136,11 +137,12 @@ class _Check:
 
     def spec(self) -> ComputationSpec:
         fn = conformance_computation
-        return ComputationSpec(
-            comp_id=COMP_ID, name="conformance", kind="function", work_dir=self.work_dir,
-            serializer=self.s.name, code=self.s.dumps_code(fn), source=textwrap.dedent(inspect.getsource(fn)),
-            code_name=fn.__name__, py_version=(sys.version_info[0], sys.version_info[1]),
-            node_name="conformance-node", node_ip_addr="127.0.0.1")
+        computation = Computation(
+            comp_id=COMP_ID, name="conformance", kind="function", code=self.s.dumps_code(fn),
+            source=textwrap.dedent(inspect.getsource(fn)), code_name=fn.__name__,
+            py_version=list(sys.version_info[:2]))
+        return ComputationSpec(computation, self.work_dir, self.s.name, node_name="conformance-node",
+                               node_ip_addr="127.0.0.1")
 
     async def submit(self, uid: int, mode: str, value: Any, nowait: bool = False) -> None:
         args = self.s.dumps(((mode, value), {}))
