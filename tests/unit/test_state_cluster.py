@@ -214,35 +214,43 @@ def test_provisional_of_a_job_not_running_is_ignored() -> None:
     assert state.handle(ProvisionalArrived(1, "b", "p")) == []  # wrong node
 
 
-def test_no_free_cpu_lowers_the_nodes_cpus_and_requeues_at_the_front() -> None:
+def test_no_free_cpu_bounds_the_node_to_what_it_holds() -> None:
     state = cluster()
-    submitted(state, *range(1, 6))
-    state.handle(NodeReady("a", 2, T))
-    assert list(state.pending) == [5]
-    assert state.handle(Refused(4, "a", RefusalReason.NO_FREE_CPU, T)) == []  # no notify, no resend
+    submitted(state, *range(1, 11))
+    state.handle(NodeReady("a", 4, T))  # 1-4 run, 5-8 wait there, 9 and 10 pending
+    assert state.handle(Refused(8, "a", RefusalReason.NO_FREE_CPU, T)) == []  # no notify, no resend
+    assert state.handle(Refused(7, "a", RefusalReason.NO_FREE_CPU, T)) == []
     node = state.nodes["a"]
-    assert node.cpus == 1 and node.capacity == 1 and node.busy == 3
-    assert list(state.pending) == [4, 5]
-    assert state.jobs[4].status == Created and state.jobs[4].node_id is None
-    # jobs end; the node is sent one job at a time now
-    assert state.handle(ResultArrived(1, "a", Finished, 1.0, T)) == [NotifyJob(1, Finished, Running)]
-    assert state.handle(ResultArrived(2, "a", Finished, 1.0, T)) == [NotifyJob(2, Finished, Running)]
-    assert state.handle(ResultArrived(3, "a", Finished, 1.0, T)) == [NotifyJob(3, Finished, Created),
-                                                                     running(4), SendJobs("a", (4,))]
+    assert node.limit == 6 and node.capacity == 6 and node.busy == 6 and node.cpus == 4
+    assert list(state.pending) == [7, 8, 9, 10]  # back at the front, in their order
+    assert state.jobs[7].status == Created and state.jobs[7].node_id is None
+    # each result offers the node one job more than it held
+    assert state.handle(ResultArrived(1, "a", Finished, 1.0, T)) == [NotifyJob(1, Finished, Running),
+                                                                     SendJobs("a", (7, 8))]
+    assert node.limit == 7 and node.busy == 7
+    # and so does time passing, until the bound is gone
+    assert state.handle(Tick(T + 1)) == [SendJobs("a", (9,))]
+    assert node.limit is None and node.capacity == 8
+    assert state.handle(Tick(T + 2)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG in ClusterState._refused: a 1-CPU node keeps capacity 2 (cpus cannot "
-                   "go below 1 == granted), so the refused job is sent straight back (ping-pong)")
 def test_no_free_cpu_on_a_one_cpu_node_does_not_resend_at_once() -> None:
     """A shared 1-CPU node: our first job waits there behind another computation's job, the second is
     refused. Sending it straight back would only be refused again (a ping-pong until the CPU frees)."""
     state = cluster()
     submitted(state, 1, 2, 3)
     state.handle(NodeReady("a", 1, T))
-    out = state.handle(Refused(2, "a", RefusalReason.NO_FREE_CPU, T))
-    assert out == []
+    assert state.handle(Refused(2, "a", RefusalReason.NO_FREE_CPU, T)) == []
     assert list(state.pending) == [2, 3]
     assert state.nodes["a"].capacity == 1
+    assert state.handle(Tick(T + 1)) == [SendJobs("a", (2,))]  # a probe, a tick later
+
+
+def test_node_ready_again_lifts_the_bound() -> None:
+    state = one_cpu_node_with_jobs(3)
+    state.handle(Refused(2, "a", RefusalReason.NO_FREE_CPU, T))
+    assert state.handle(NodeReady("a", 1, T)) == [NotifyNode("a", NodeStatus.Initialized), SendJobs("a", (2,))]
+    assert state.nodes["a"].limit is None
 
 
 def test_refused_running_job_goes_back_silently_and_is_sent_again() -> None:
@@ -253,7 +261,7 @@ def test_refused_running_job_goes_back_silently_and_is_sent_again() -> None:
     state.handle(NodeAllocation("a", False))
     # job 1 was Running for the program; refused, it is Created again but the program is not told
     assert state.handle(Refused(1, "a", RefusalReason.NOT_READY, T)) == [running(1), SendJobs("b", (1,))]
-    assert state.nodes["a"].cpus == 1  # only NO_FREE_CPU lowers the CPUs
+    assert state.nodes["a"].limit is None  # only NO_FREE_CPU bounds a node
     assert state.jobs[1].node_id == "b" and state.jobs[1].attempts == 2
 
 

@@ -289,7 +289,8 @@ class ClusterMachine(RuleBasedStateMachine):
         node = self.state.nodes.get(node_id)
         if node is not None:
             assert node.cpus == max(1, min(cpus, node.granted))
-            assert node.capacity == (node.cpus * node.pipeline if node.cpus == node.granted else node.cpus)
+            full = node.cpus * node.pipeline if node.cpus == node.granted else node.cpus
+            assert node.capacity == (full if node.limit is None else min(full, node.limit))
 
     @precondition(lambda self: self.state.nodes)
     @rule(data=st.data(), allocated=st.booleans())
@@ -298,6 +299,16 @@ class ClusterMachine(RuleBasedStateMachine):
         if node_id in self.state.nodes:
             (self.deallocated.discard if allocated else self.deallocated.add)(node_id)
         self.apply(ev.NodeAllocation(node_id, allocated))
+
+    @rule()
+    def tick(self) -> None:
+        """Time passes: a node bounded by a refusal is offered one job more."""
+        limits = {node_id: node.limit for node_id, node in self.state.nodes.items()}
+        out = self.apply(ev.Tick(self.time()))
+        for node_id, node in self.state.nodes.items():
+            before = limits[node_id]
+            assert node.limit is None if before is None else node.limit in (before + 1, None), node
+        assert out == [] or any(limit is not None for limit in limits.values()), out
 
     # ------------------------------------------------------------------ what nodes say of the jobs they were sent
     @precondition(lambda self: any(self.sent.values()))
@@ -337,11 +348,16 @@ class ClusterMachine(RuleBasedStateMachine):
 
     def refused(self, uid: int, node_id: str, data: st.DataObject) -> None:
         reason = data.draw(st.sampled_from(list(RefusalReason)))
-        cpus = self.state.nodes[node_id].cpus
-        cancelling = uid in self.cancel_sent
-        self.apply(ev.Refused(uid, node_id, reason, self.time()))
         node = self.state.nodes[node_id]
-        assert node.cpus <= cpus if reason == RefusalReason.NO_FREE_CPU else node.cpus == cpus
+        cpus, limit = node.cpus, node.limit
+        cancelling = uid in self.cancel_sent
+        out = self.apply(ev.Refused(uid, node_id, reason, self.time()))
+        assert node.cpus == cpus
+        if reason == RefusalReason.NO_FREE_CPU:  # shared: no more jobs than it holds now (no ping-pong)
+            assert node.limit == node.busy == len(self.sent[node_id]), node
+            assert not any(isinstance(i, ev.SendJobs) and i.node_id == node_id for i in out), out
+        else:
+            assert node.limit == limit
         assert (uid in self.final) == cancelling  # otherwise queued again, or sent again
 
     def send_failed(self, uid: int, node_id: str, data: st.DataObject) -> None:
@@ -591,10 +607,11 @@ class NodeMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ the node
     @rule(cpus=st.integers(0, 4), closed=st.sampled_from(["", "", "stopped"]))
     def capacity(self, cpus: int, closed: str) -> None:
-        out = self.apply(ev.NodeCapacity(cpus, closed))
-        assert all(isinstance(i, ev.RefuseJob) for i in out), "more CPUs start nothing by themselves"
-        if self.state.cap == 0:
-            assert not any(self.queued.values())
+        out = self.apply(ev.NodeCapacity(cpus, closed, self.time()))
+        if self.state.cap == 0:  # closed: waiting jobs go back to their clients
+            assert all(isinstance(i, ev.RefuseJob) for i in out) and not any(self.queued.values())
+        else:  # open: waiting jobs may start on CPUs added
+            assert all(isinstance(i, ev.StartJob) for i in out), out
 
     @precondition(lambda self: "running" in self.jobs.values())
     @rule()
@@ -614,6 +631,13 @@ class NodeMachine(RuleBasedStateMachine):
             assert comp.running == {uid for (cid, uid) in self.in_place("running") if cid == comp_id}
             assert not (comp.closing and comp.queued)
         assert "arriving" not in self.jobs.values()
+
+    @invariant()
+    def no_cpu_idles_while_a_job_that_may_use_it_waits(self) -> None:
+        state = self.state
+        for comp in state.comps.values():
+            if comp.queued:
+                assert state.busy >= state.cap or len(comp.running) >= comp.cpus, comp
 
 
 TestClusterState = ClusterMachine.TestCase

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from dispy_core.state.events import (
     CompClosed,
     CompClosing,
@@ -194,16 +192,13 @@ def test_fewer_cpus_while_jobs_run_start_none_until_below() -> None:
     assert state.handle(JobEnded("c", 3, T2)) == [SendResult("c", 3), StartJob("c", 4, True, T2)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG in NodeState: more CPUs (NodeCapacity) start no waiting job, so a job "
-                   "arriving later starts before the computation's own waiting job (and a CPU idles meanwhile)")
-def test_more_cpus_do_not_let_a_new_job_overtake_a_waiting_one() -> None:
+def test_more_cpus_start_waiting_jobs() -> None:
     state = node(2, ("a", 2), ("b", 2))
     arrive(state, "a", 1, 2)
-    assert arrive(state, "b", 3) == []  # waits
-    state.handle(NodeCapacity(4))
-    out = arrive(state, "b", 4, time=T2)
-    started = [i.uid for i in out if isinstance(i, StartJob)]
-    assert started[:1] == [3], out
+    assert arrive(state, "b", 3, 4) == []  # wait
+    assert state.handle(NodeCapacity(3, time=T2)) == [StartJob("b", 3, True, T2)]
+    assert state.handle(NodeCapacity(4, time=T2)) == [StartJob("b", 4, True, T2)]
+    assert arrive(state, "b", 5) == []  # b uses its two CPUs
 
 
 def test_terminate_kills_every_running_job_at_once() -> None:
