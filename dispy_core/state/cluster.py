@@ -315,7 +315,6 @@ class ClusterState:
         self.scheduler.node_removed(node.node_id)
         requeue: list[JobRecord] = []
         for record in node.in_flight.values():
-            record.node_id = None
             if record.cancelling:
                 self._final(record, JobEvent.CANCELLED, out, f"Cancelled ({why})")
             elif record.pinned is not None:  # cannot run elsewhere
@@ -327,6 +326,7 @@ class ClusterState:
                 requeue.append(record)
             else:
                 self._final(record, JobEvent.NODE_LOST_ABANDON, out, why)
+            record.node_id = None  # after the decision: dispy_recover sees the job's node
         node.in_flight.clear()
         for record in reversed(requeue):  # ahead of newer jobs, in their order
             self.pending.appendleft(record.uid)

@@ -417,9 +417,9 @@ def test_recover_policy_overrides_reentrant(decision: str | None, reentrant: boo
     else:
         assert out == [NotifyJob(1, final, Running, "node a lost: reset"), NotifyNode("a", NodeStatus.Closed)]
         assert list(state.pending) == [2]
-    # only the running job is a decision: the waiting one never started
-    assert [(view.uid, view.status, view.attempts, failure) for view, failure in asked] == [
-        (1, Running, 1, "node-lost")]
+    # only the running job is a decision: the waiting one never started; the hook sees the job's node
+    assert [(view.uid, view.status, view.node_id, view.attempts, failure) for view, failure in asked] == [
+        (1, Running, "a", 1, "node-lost")]
 
 
 def test_node_lost_with_pinned_jobs() -> None:

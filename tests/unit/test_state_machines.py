@@ -105,6 +105,7 @@ class ClusterMachine(RuleBasedStateMachine):
         def policy(job: JobView, failure: str) -> str | None:
             # only a job that ran at the lost node is a decision (waiting, pinned, cancelled ones are not)
             assert failure == "node-lost" and job.status == JobStatus.Running and job.pinned is None, job
+            assert job.node_id in NODES, job  # the node it ran at
             return rnd.choice(["resubmit", "abandon", None]) if recover == "random" else \
                 None if recover == "undecided" else recover
 
