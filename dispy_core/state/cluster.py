@@ -13,8 +13,9 @@ It is pure: events in (``state.events``), instructions out, no I/O and no clock.
 - **Choice.** Pinned jobs go first to their node. Then the scheduler plugin (``interfaces.Scheduler``)
   assigns pending jobs to nodes with room; assignments that name an unknown job or node, a pinned job,
   or a node without room are ignored, so a faulty scheduler cannot overfill a node.
-- **Refusals.** A refused job goes back to the front of its queue. "No free CPU" means the node is
-  shared: it gets no more jobs than it holds now, one more with each result it returns or each ``Tick``.
+- **Refusals.** A refused job goes back to the front of its queue, and the node that refused it gets no
+  more jobs than it holds now (it is shared, not ready or closing), one more with each result it returns
+  or each ``Tick``: a refusal never turns into a ping-pong.
 - **Lost nodes.** Jobs that only waited there go back to the queue. Running jobs are resubmitted or
   abandoned as ``recover`` (the ``dispy_recover`` hook) decides, by default resubmitted when the cluster
   is ``reentrant``. A job being cancelled ends Cancelled; a pinned job cannot move and is Abandoned.
@@ -33,7 +34,7 @@ from typing import Any
 from dispy_core.interfaces import JobView, NodeLoad, Scheduler
 from dispy_core.state import events as ev
 from dispy_core.state.job import JobEvent, next_status, result_event
-from dispy_core.status import FINAL_JOB_STATES, JobStatus, NodeStatus, RefusalReason
+from dispy_core.status import FINAL_JOB_STATES, JobStatus, NodeStatus
 
 __all__ = ["PIPELINE", "ClusterState", "JobRecord", "NodeRecord", "RecoverPolicy"]
 
@@ -210,8 +211,7 @@ class ClusterState:
         node = self.nodes[event.node_id]
         del node.in_flight[event.uid]
         record.node_id, record.waiting = None, False
-        if event.reason == RefusalReason.NO_FREE_CPU:  # shared: hold no more than it holds now
-            node.limit = node.busy
+        node.limit = node.busy  # no more than it holds now: a probe per result or Tick, never a ping-pong
         if record.cancelling:
             self._final(record, JobEvent.CANCELLED, out, "Cancelled")
         else:
@@ -371,6 +371,8 @@ class ClusterState:
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self, out: Out) -> None:
         """Send queued jobs to nodes with room: pinned jobs first, then the scheduler's assignments."""
+        if self.closing:
+            return
         batches: dict[str, list[int]] = {}
         for node in self.nodes.values():
             while node.pinned and node.accepting and node.busy < node.capacity:

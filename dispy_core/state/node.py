@@ -80,6 +80,8 @@ class NodeState:
 
     # ------------------------------------------------------------------ computations
     def _opened(self, event: ev.CompOpened, out: Out) -> None:
+        if event.comp_id in self.comps:
+            return  # open already: its jobs stay accounted for
         cpus = min(self.cpus, event.cpus) if event.cpus > 0 else self.cpus
         self.comps[event.comp_id] = CompRecord(event.comp_id, max(1, cpus))
 

@@ -261,7 +261,7 @@ def test_refused_running_job_goes_back_silently_and_is_sent_again() -> None:
     state.handle(NodeAllocation("a", False))
     # job 1 was Running for the program; refused, it is Created again but the program is not told
     assert state.handle(Refused(1, "a", RefusalReason.NOT_READY, T)) == [running(1), SendJobs("b", (1,))]
-    assert state.nodes["a"].limit is None  # only NO_FREE_CPU bounds a node
+    assert state.nodes["a"].limit == state.nodes["a"].busy == 1  # a node that refused: no more than it holds
     assert state.jobs[1].node_id == "b" and state.jobs[1].attempts == 2
 
 
@@ -317,8 +317,8 @@ def test_cancel_a_job_at_a_node_asks_the_node_and_its_result_ends_it() -> None:
 def test_cancelled_then_refused_ends_cancelled() -> None:
     state = one_cpu_node_with_jobs(3)
     state.handle(CancelAsked(2, T))
-    assert state.handle(Refused(2, "a", RefusalReason.CLOSING, T)) == [
-        NotifyJob(2, Cancelled, Created, "Cancelled"), SendJobs("a", (3,))]
+    assert state.handle(Refused(2, "a", RefusalReason.CLOSING, T)) == [NotifyJob(2, Cancelled, Created, "Cancelled")]
+    assert state.handle(Tick(T)) == [SendJobs("a", (3,))]  # the closing node is probed a job at a time
 
 
 def test_cancel_then_node_lost_ends_cancelled() -> None:

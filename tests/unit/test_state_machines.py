@@ -354,11 +354,10 @@ class ClusterMachine(RuleBasedStateMachine):
         cancelling = uid in self.cancel_sent
         out = self.apply(ev.Refused(uid, node_id, reason, self.time()))
         assert node.cpus == cpus
-        if reason == RefusalReason.NO_FREE_CPU:  # shared: no more jobs than it holds now (no ping-pong)
-            assert node.limit == node.busy == len(self.sent[node_id]), node
-            assert not any(isinstance(i, ev.SendJobs) and i.node_id == node_id for i in out), out
-        else:
-            assert node.limit == limit
+        # any refusal: no more jobs than the node holds now (no ping-pong)
+        assert node.limit == node.busy == len(self.sent[node_id]), node
+        assert not any(isinstance(i, ev.SendJobs) and i.node_id == node_id for i in out), out
+        del limit
         assert (uid in self.final) == cancelling  # otherwise queued again, or sent again
 
     def send_failed(self, uid: int, node_id: str, data: st.DataObject) -> None:
