@@ -188,10 +188,12 @@ class ClusterState:
             return  # late: the job was cancelled here, or its node given up
         node = self.nodes[event.node_id]
         del node.in_flight[event.uid]
+        run_time = event.run_time if event.run_time > 0.0 else 0.0
         node.jobs_done += 1
-        node.run_time += max(0.0, event.run_time)
-        node.relax()
-        self.scheduler.job_done(node.node_id, max(0.0, event.run_time))
+        node.run_time += run_time
+        if node.limit is not None:
+            node.relax()
+        self.scheduler.job_done(node.node_id, run_time)
         status = event.status if event.status in FINAL_JOB_STATES else JobStatus.Terminated
         self._final(record, result_event(status), out, outcome=event.outcome)
         self._slot_freed(node, out)
@@ -378,9 +380,10 @@ class ClusterState:
             while node.pinned and node.accepting and node.busy < node.capacity:
                 self._send(node, self.jobs[node.pinned.popleft()], out, batches)
         while self.pending:
-            loads = [n.load() for n in self.nodes.values() if n.accepting and n.busy < n.capacity]
-            if not loads:
+            room = [n for n in self.nodes.values() if n.accepting and len(n.in_flight) < n.capacity]
+            if not room:
                 break
+            loads = [n.load() for n in room]
             free = sum(load.free for load in loads)
             views = [self.jobs[uid].view() for uid in itertools.islice(self.pending, free)]
             if not self._assign(self.scheduler.assign(views, loads), out, batches):

@@ -69,6 +69,9 @@ TRANSITIONS: dict[tuple[JobStatus, JobEvent], JobStatus] = {
 
 def next_status(status: int, event: JobEvent) -> JobStatus:
     """The status after ``event``; InvalidTransition when the event is impossible in ``status``."""
+    target = TRANSITIONS.get((status, event))  # type: ignore[arg-type]  # an int finds its JobStatus
+    if target is not None:
+        return target
     try:
         current = JobStatus(status)
     except ValueError:

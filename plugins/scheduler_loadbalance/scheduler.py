@@ -73,6 +73,10 @@ class LoadBalanceScheduler:
         by_id = {node.node_id: node for node in nodes if node.free > 0}
         if not by_id:
             return []
+        if len(by_id) == 1:  # the common case on a small cluster: no estimate to compare
+            [(node_id, only)] = by_id.items()
+            room = only.free
+            return [(job.uid, node_id) for job in pending if job.pinned in (None, node_id)][:room]
         avg = {node_id: self._avg(node) for node_id, node in by_id.items()}
         given = dict.fromkeys(by_id, 0)
         # Heap of (key, node_id) over nodes with room; an entry is stale when its key no longer matches
