@@ -26,9 +26,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from dispy_core.errors import MemoryConnectionRefused, TransportError
+from dispy_core.hookspecs import hookimpl
 from dispy_core.interfaces import StreamHandler
 
-__all__ = ["MemoryConnectionRefused", "MemoryListener", "MemoryNetwork", "MemoryStream", "MemoryTransport"]
+__all__ = ["MemoryConnectionRefused", "MemoryListener", "MemoryNetwork", "MemoryStream", "MemoryTransport",
+           "MemoryTransportPlugin"]
 
 logger = logging.getLogger(__name__)
 
@@ -289,3 +291,20 @@ class MemoryTransport:
 
     async def listen(self, host: str, port: int, handler: StreamHandler) -> MemoryListener:
         return self.network._register(host, port, handler)
+
+
+class MemoryTransportPlugin:
+    """A plugin object that makes every connection of a cluster go over ``network``.
+
+    Pass it as ``JobCluster(..., plugins=[MemoryTransportPlugin(network)])``; for an in-process node,
+    set ``server.transport = MemoryTransport(network, host=...)`` before ``server.start()``. The
+    cluster and its nodes must then run on one event loop (the cluster's).
+    """
+
+    def __init__(self, network: MemoryNetwork, host: str = "127.0.0.1") -> None:
+        self.network = network
+        self.host = host
+
+    @hookimpl(tryfirst=True)
+    def dispy_make_transport(self, config: object, scheme: str) -> MemoryTransport:
+        return MemoryTransport(self.network, host=self.host)
