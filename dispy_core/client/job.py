@@ -38,7 +38,6 @@ class DispyJob:
         self._files: list[tuple[str, str]] = []
         self._node_key: str | None = None
         self._pinned: str | None = None
-        self._prefetched = False  # sent to a node whose CPUs were all busy: waits there, still Created
 
     @property
     def host(self) -> str | None:
