@@ -236,6 +236,8 @@ class JobView:
     submit_time: float = 0.0
     attempts: int = 0
     """Times the job was sent to a node (a resubmitted job has been sent more than once)."""
+    losses: int = 0
+    """Times a node was lost while running the job (counting the loss being decided on)."""
 
 
 @runtime_checkable

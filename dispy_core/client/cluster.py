@@ -30,6 +30,7 @@ from dispy_core.errors import DispyError, SerializationError
 from dispy_core.malloc_tuning import tune_malloc
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.state import events as ev
+from dispy_core.state.cluster import ALLOWED_FAILURES
 from dispy_core.status import FINAL_JOB_STATES, JobStatus
 
 log = logging.getLogger("dispy")
@@ -51,6 +52,14 @@ def check_jobs_per_process(value: Any) -> int:
     return value
 
 
+def check_allowed_failures(value: Any) -> int:
+    """``allowed_failures`` (an extension, as in Dask): how many times a job may be running on a node that is
+    lost before it ends Abandoned instead of being resubmitted (``reentrant`` or ``dispy_recover``)."""
+    if type(value) is not int or value < 1:
+        raise ValueError(f"allowed_failures must be an integer of at least 1, not {value!r}")
+    return value
+
+
 class JobCluster:
     """Runs ``computation`` on the given nodes; see the client API reference for every parameter."""
 
@@ -62,7 +71,7 @@ class JobCluster:
                  reentrant: bool = False, secret: str = "", keyfile: str | None = None,
                  certfile: str | None = None, recover_file: str | None = None, **extra: Any) -> None:
         unknown = set(extra) - {"cafile", "setup_timeout", "msg_timeout", "poll_interval", "plugins",
-                                "jobs_per_process"}
+                                "jobs_per_process", "allowed_failures"}
         if unknown:
             raise TypeError(f"JobCluster got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         tune_malloc()
@@ -101,6 +110,7 @@ class JobCluster:
         self.dest_path = dest_path
         self.setup_timeout = float(extra.get("setup_timeout", 600.0))
         self.jobs_per_process = check_jobs_per_process(extra.get("jobs_per_process", 1))
+        self.allowed_failures = check_allowed_failures(extra.get("allowed_failures", ALLOWED_FAILURES))
         if pulse_interval is not None and not (isinstance(pulse_interval, int | float)
                                                 and 1 <= pulse_interval <= 600):
             raise ValueError(f"pulse_interval must be a number of seconds between 1 and 600, not {pulse_interval!r}")

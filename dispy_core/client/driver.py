@@ -43,7 +43,8 @@ class ClientDriver:
     def __init__(self, cluster: JobCluster) -> None:
         self.cluster = cluster
         self.comp_id = cluster.comp_id
-        self.state = ClusterState(cluster.scheduler, recover=self._recover, reentrant=cluster.reentrant)
+        self.state = ClusterState(cluster.scheduler, recover=self._recover, reentrant=cluster.reentrant,
+                                  allowed_failures=cluster.allowed_failures)
         self.jobs: dict[int, DispyJob] = {}
         self.life = NodeLife(self)
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -134,7 +135,9 @@ class ClientDriver:
         key = conn.node.key
         if isinstance(msg, m.JobResult):
             run_time = max(0.0, msg.end_time - msg.start_time) if msg.end_time else 0.0
-            self.feed(ev.ResultArrived(msg.job_uid, key, msg.status, run_time, time.time(), msg))
+            if not self.feed(ev.ResultArrived(msg.job_uid, key, msg.status, run_time, time.time(), msg)):
+                log.debug("result of job %s from node %s dropped: the job is not there any more (cancelled, "
+                         "or ended elsewhere)", msg.job_uid, conn.node.ip_addr)
         elif isinstance(msg, m.JobStarted):
             job = self.jobs.get(msg.job_uid)
             if job is not None and self.feed(ev.JobStarted(msg.job_uid, key, msg.start_time)):

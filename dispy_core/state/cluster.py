@@ -18,7 +18,9 @@ It is pure: events in (``state.events``), instructions out, no I/O and no clock.
   or each ``Tick``: a refusal never turns into a ping-pong.
 - **Lost nodes.** Jobs that only waited there go back to the queue. Running jobs are resubmitted or
   abandoned as ``recover`` (the ``dispy_recover`` hook) decides, by default resubmitted when the cluster
-  is ``reentrant``. A job being cancelled ends Cancelled; a pinned job cannot move and is Abandoned.
+  is ``reentrant``; a job whose node was lost while running it ``allowed_failures`` times is Abandoned,
+  whatever is decided (a poison job must not take down every node in turn). A job being cancelled ends
+  Cancelled; a pinned job cannot move and is Abandoned.
 - **Cancels.** A queued job is Cancelled at once; a job at a node is cancelled there (``SendCancel``) and
   ends with the node's answer.
 """
@@ -41,6 +43,10 @@ __all__ = ["PIPELINE", "ClusterState", "JobRecord", "NodeRecord", "RecoverPolicy
 PIPELINE = 2
 """Jobs in flight per node CPU: one running and one waiting on the node."""
 
+ALLOWED_FAILURES = 3
+"""Times a job may be running on a node that is lost before it is not resubmitted again (Dask's
+``allowed_failures``): one poison job cannot take down every node in turn."""
+
 RecoverPolicy = Callable[[JobView, str], str | None]
 """Decides for a job whose node failed: ``"resubmit"``, ``"abandon"`` or None (then ``reentrant`` decides)."""
 
@@ -61,9 +67,12 @@ class JobRecord:
     """At its node but not started: every CPU there was busy when it was sent."""
     attempts: int = 0
     cancelling: bool = False
+    losses: int = 0
+    """Times a node was lost while running this job."""
 
     def view(self) -> JobView:
-        return JobView(self.uid, int(self.status), self.node_id, self.pinned, self.submit_time, self.attempts)
+        return JobView(self.uid, int(self.status), self.node_id, self.pinned, self.submit_time, self.attempts,
+                       self.losses)
 
 
 @dataclass(slots=True)
@@ -118,11 +127,12 @@ class ClusterState:
     """The scheduling state of one computation; see the module docstring for the rules."""
 
     def __init__(self, scheduler: Scheduler, *, recover: RecoverPolicy | None = None, reentrant: bool = False,
-                 pipeline: int = PIPELINE) -> None:
+                 pipeline: int = PIPELINE, allowed_failures: int = ALLOWED_FAILURES) -> None:
         self.scheduler = scheduler
         self.recover = recover
         self.reentrant = reentrant
         self.pipeline = pipeline
+        self.allowed_failures = allowed_failures
         self.jobs: dict[int, JobRecord] = {}
         self.pending: collections.deque[int] = collections.deque()
         self.parked: list[int] = []
@@ -322,8 +332,15 @@ class ClusterState:
             elif record.pinned is not None:  # cannot run elsewhere
                 self._final(record, JobEvent.NODE_LOST_ABANDON if not record.waiting else JobEvent.CANCELLED,
                             out, why)
-            elif record.waiting or self._resubmit(record, "node-lost"):
+            elif record.waiting:  # never started there: nothing to recover, it runs elsewhere
                 record.waiting = False
+                self._move(record, JobEvent.NODE_LOST_RESUBMIT, out)
+                requeue.append(record)
+            elif self._lost_too_often(record):
+                self._final(record, JobEvent.NODE_LOST_ABANDON, out,
+                            f"{why}; its node was lost while running it {_times(record.losses)}, so it is not "
+                            f"resubmitted again (allowed_failures={self.allowed_failures})")
+            elif self._resubmit(record, "node-lost"):
                 self._move(record, JobEvent.NODE_LOST_RESUBMIT, out)
                 requeue.append(record)
             else:
@@ -337,6 +354,10 @@ class ClusterState:
         node.pinned.clear()
         if notify:
             out.append(ev.NotifyNode(node.node_id, NodeStatus.Closed))
+
+    def _lost_too_often(self, record: JobRecord) -> bool:
+        record.losses += 1
+        return record.losses >= self.allowed_failures
 
     def _resubmit(self, record: JobRecord, failure: str) -> bool:
         decision = self.recover(record.view(), failure) if self.recover is not None else None
@@ -454,3 +475,7 @@ class ClusterState:
         ev.ClusterClosing: _cluster_closing,
         ev.Tick: _tick,
     }
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"

@@ -563,3 +563,36 @@ def test_a_scheduler_assigning_nothing_leaves_jobs_pending(pairs: Any) -> None:
     state.handle(NodeAllocation("b", False))
     assert submitted(state, 1) == [created(1)]
     assert list(state.pending) == [1] and state.nodes["a"].busy == 0
+
+
+def test_a_job_lost_with_its_node_allowed_failures_times_is_abandoned() -> None:
+    """A poison job (it kills its node) is resubmitted by a reentrant cluster, but not for ever."""
+    seen: list[int] = []
+
+    def recover(job: JobView, failure: str) -> str:
+        seen.append(job.losses)
+        return "resubmit"
+
+    state = cluster(reentrant=True, allowed_failures=2, recover=recover)
+    submitted(state, 1)
+    state.handle(NodeReady("a", 1, T))
+    assert state.handle(NodeLost("a", "reset", T)) == [NotifyJob(1, Created, Running),
+                                                       NotifyNode("a", NodeStatus.Closed)]
+    assert state.handle(NodeReady("b", 1, T)) == [NotifyNode("b", NodeStatus.Initialized), running(1),
+                                                  SendJobs("b", (1,))]
+    assert state.handle(NodeLost("b", "reset", T)) == [
+        NotifyJob(1, Abandoned, Running, "node b lost: reset; its node was lost while running it 2 times, so it "
+                                         "is not resubmitted again (allowed_failures=2)"),
+        NotifyNode("b", NodeStatus.Closed)]
+    assert seen == [1]  # the hook was asked the first time, and not asked to override the limit
+    assert state.jobs == {}
+
+
+def test_waiting_jobs_do_not_count_as_lost_with_their_node() -> None:
+    state = cluster(allowed_failures=1)
+    submitted(state, 1, 2)
+    state.handle(NodeReady("a", 1, T))  # 1 runs, 2 waits there
+    out = state.handle(NodeLost("a", "reset", T))
+    assert NotifyJob(1, Abandoned, Running, "node a lost: reset; its node was lost while running it once, so it "
+                                            "is not resubmitted again (allowed_failures=1)") in out
+    assert list(state.pending) == [2] and state.jobs[2].losses == 0
