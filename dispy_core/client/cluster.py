@@ -60,6 +60,16 @@ def check_allowed_failures(value: Any) -> int:
     return value
 
 
+def check_first_node_timeout(value: Any) -> float | None:
+    """``first_node_timeout`` (an extension): seconds jobs may wait for a first usable node before they end
+    Abandoned with the reasons; None (the default) waits while a node may still come."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"first_node_timeout must be a positive number of seconds or None, not {value!r}")
+    return float(value)
+
+
 class JobCluster:
     """Runs ``computation`` on the given nodes; see the client API reference for every parameter."""
 
@@ -71,7 +81,8 @@ class JobCluster:
                  reentrant: bool = False, secret: str = "", keyfile: str | None = None,
                  certfile: str | None = None, recover_file: str | None = None, **extra: Any) -> None:
         unknown = set(extra) - {"cafile", "setup_timeout", "msg_timeout", "poll_interval", "plugins",
-                                "jobs_per_process", "allowed_failures"}
+                                "jobs_per_process", "allowed_failures",
+                                "first_node_timeout"}
         if unknown:
             raise TypeError(f"JobCluster got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         tune_malloc()
@@ -111,6 +122,7 @@ class JobCluster:
         self.setup_timeout = float(extra.get("setup_timeout", 600.0))
         self.jobs_per_process = check_jobs_per_process(extra.get("jobs_per_process", 1))
         self.allowed_failures = check_allowed_failures(extra.get("allowed_failures", ALLOWED_FAILURES))
+        self.first_node_timeout = check_first_node_timeout(extra.get("first_node_timeout"))
         if pulse_interval is not None and not (isinstance(pulse_interval, int | float)
                                                 and 1 <= pulse_interval <= 600):
             raise ValueError(f"pulse_interval must be a number of seconds between 1 and 600, not {pulse_interval!r}")
@@ -360,7 +372,10 @@ class JobCluster:
         self._driver.feed(ev.DiscoveryDone())
         if not any(c.state == READY for c in self._life.nodes.values()):
             failed = "; ".join(f"{k}: {r}" for k, r in self._life.failed.items()) or "none answered"
-            log.error("cluster %s has no usable node (%s); jobs wait until a node is added", self.name, failed)
+            retried = bool(self._life.reconnect.waiting)
+            log.error("cluster %s has no usable node (%s); %s", self.name, failed,
+                      "trying them again, and jobs wait" if retried else "jobs wait until a node is added")
+            self._life.tick(time.time())
 
     def _computation_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {}

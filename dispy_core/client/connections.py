@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from dispy_core.errors import AuthenticationError, ConfigError, DispyError, Prot
 from dispy_core.interfaces import NodeView
 from dispy_core.protocol import messages as m
 from dispy_core.state import events as ev
+from dispy_core.state.reconnect import Reconnect
 from dispy_core.status import NodeStatus
 
 if TYPE_CHECKING:
@@ -34,6 +36,9 @@ log = logging.getLogger("dispy")
 __all__ = ["CLOSED", "CLOSING", "CONNECTING", "FILE_CHUNK", "READY", "SETUP", "NodeConn", "NodeLife"]
 
 FILE_CHUNK = 4 << 20
+WARN_FIRST, WARN_MAX = 5.0, 300.0
+"""Seconds until the first WARNING that no node is usable yet (after the ERROR at start), and the most
+between two; the interval doubles."""
 CONNECTING, SETUP, READY, CLOSING, CLOSED = "connecting", "setup", "ready", "closing", "closed"
 
 
@@ -53,6 +58,7 @@ class NodeConn:
         self.drained: asyncio.Event | None = None  # set by CloseNode: the node's jobs are done
         self.op: asyncio.Task[Any] | None = None  # the life operation in progress (start, close, resetup)
         self.file_errors: dict[int, str] = {}  # first refusal of a file transfer, by request id
+        self.retry = False  # contacted again after a failure: a new failure is not announced again
 
 
 class NodeLife:
@@ -65,6 +71,10 @@ class NodeLife:
         self.leaving: dict[str, NodeConn] = {}  # dropped now: for the Closed notice of their jobs' state
         self.records: dict[str, DispyNode] = {}  # every node ever set up, for print_status
         self.failed: dict[str, str] = {}  # address -> why the node cannot be used
+        self.reconnect = Reconnect()
+        self.named: dict[str, NodeEntry] = {}  # nodes the program named (ip:port, or host:port unresolved)
+        self.no_node_declared = False
+        self._next_warning = (0.0, WARN_FIRST)  # when to say again that no node is usable, and the step
 
     # ------------------------------------------------------------------ finding nodes
     async def discover(self, entries: list[NodeEntry]) -> list[NodeConn]:
@@ -78,10 +88,15 @@ class NodeLife:
             try:
                 addresses = await self.cluster.discovery.resolve(alloc.host, alloc.port)
             except (ConfigError, OSError) as exc:
-                self.record_failure(f"{alloc.host}:{alloc.port}", str(exc))
+                key = f"{alloc.host}:{alloc.port}"
+                self.named[key] = entry
+                self.record_failure(key, str(exc))
+                self.reconnect.failed(key, time.time(), str(exc), permanent=True)  # a name that does not resolve
                 continue
             for address in addresses:
                 key = f"{address.ip_addr}:{address.port}"
+                self.named[key] = entry
+                self.reconnect.forget(key)  # named again: tried now
                 conn = self.nodes.get(key)
                 if conn is not None and conn.state == CLOSING and conn.op is not None:
                     await asyncio.wait([conn.op])  # a close in progress: then start afresh
@@ -106,10 +121,10 @@ class NodeLife:
                 serializers={cluster.serializer.name: cluster.serializer}, serializer=cluster.serializer.name,
                 timeout=timeout, name=cluster.name, software=f"neodispy {__version__}")
         except AuthenticationError as exc:
-            await self.fail(conn, f"authentication failed (is the secret the node's?): {exc}")
+            await self.fail(conn, f"authentication failed (is the secret the node's?): {exc}", permanent=True)
             return
         except (ProtocolError, DispyError, OSError) as exc:
-            await self.fail(conn, f"cannot connect: {exc}")
+            await self.fail(conn, f"cannot connect: {exc}", permanent=_for_good(exc))
             return
         conn.channel = channel
         self.driver.spawn(channel.run(lambda msg: self.driver.handle(conn, msg)),
@@ -126,8 +141,8 @@ class NodeLife:
                 return
             conn.alloc = alloc
             await self._setup_node(conn, info)
-        except (DispyError, OSError, AssertionError) as exc:
-            await self.fail(conn, str(exc) or type(exc).__name__)
+        except (DispyError, OSError, AssertionError) as exc:  # setup failing fails again: for good
+            await self.fail(conn, str(exc) or type(exc).__name__, permanent=not isinstance(exc, OSError))
 
     async def _setup_node(self, conn: NodeConn, info: m.NodeInfo) -> None:
         """allocate() decides CPUs, depends and setup_args; then open, send files, run setup."""
@@ -158,6 +173,8 @@ class NodeLife:
         conn.state = READY
         node.reason = None
         self.failed.pop(node.key, None)
+        self.reconnect.connected(node.key)
+        self.no_node_declared = False
         self.records[node.key] = node
         node.update_time = time.time()
         log.info("node %s (%s) ready with %d CPUs", node.key, node.name, conn.max_cpus)
@@ -238,16 +255,23 @@ class NodeLife:
         self.failed[key] = reason
         log.error("node %s cannot be used by cluster %s: %s", key, self.cluster.name, reason)
 
-    async def fail(self, conn: NodeConn, reason: str) -> None:
-        """The node cannot be used: say why (log, ``status()['failed_nodes']``, ``node.reason``, Closed)."""
+    async def fail(self, conn: NodeConn, reason: str, permanent: bool = False) -> None:
+        """The node cannot be used: say why (log, ``status()['failed_nodes']``, ``node.reason``, Closed) the
+        first time; a retry that fails again only updates the reason. Retried later unless ``permanent``."""
         if conn.state == CLOSED:
             return
+        key = conn.node.key
         if self.cluster._closed:
             reason = f"cluster closed ({reason})"
+        elif conn.retry:
+            self.failed[key] = reason
+            log.debug("node %s still cannot be used by cluster %s: %s", key, self.cluster.name, reason)
         else:
-            self.record_failure(conn.node.key, reason)
+            self.record_failure(key, reason)
+        if not self.cluster._closed and key in self.named:
+            self.reconnect.failed(key, time.time(), reason, permanent)
         conn.node.reason = reason
-        await self.release(conn, notify=True, reason=reason)
+        await self.release(conn, notify=not conn.retry, reason=reason)
 
     async def release(self, conn: NodeConn, notify: bool, reason: str | None = None) -> None:
         channel = conn.channel
@@ -287,6 +311,8 @@ class NodeLife:
             conn.node.reason = f"connection lost: {reason}"
             self.record_failure(conn.node.key, conn.node.reason)
         known = conn.node.key in self.driver.state.nodes
+        if not self.cluster._closed and conn.node.key in self.named:
+            self.reconnect.failed(conn.node.key, time.time(), conn.node.reason or reason)
         self.leaving[conn.node.key] = conn
         try:
             self.driver.feed(ev.NodeLost(conn.node.key, reason, time.time()))
@@ -351,6 +377,8 @@ class NodeLife:
             except (DispyError, OSError) as exc:
                 log.warning("node %s: closing computation: %s", conn.node.key, exc)
         if release:
+            self.named.pop(conn.node.key, None)  # closed by the program: not contacted again
+            self.reconnect.forget(conn.node.key)
             await self.release(conn, notify=True)
 
     async def resetup_op(self, conn: NodeConn) -> None:
@@ -378,6 +406,50 @@ class NodeLife:
         if closers:
             await asyncio.wait(closers, timeout=self.cluster.setup_timeout + self.cluster.config.msg_timeout)
 
+    # ------------------------------------------------------------------ trying again
+    def tick(self, now: float) -> None:
+        """Contact again the named nodes whose retry is due; say when no node is usable (and why)."""
+        if self.cluster._closed:
+            return
+        for key in self.reconnect.due(now):
+            entry = self.named.get(key)
+            if entry is None or key in self.nodes or ":" not in key:
+                self.reconnect.forget(key)
+                continue
+            ip_addr, port = key.rsplit(":", 1)
+            conn = NodeConn(self.records.get(key) or DispyNode(ip_addr, int(port)), entry)
+            conn.retry = True
+            self.nodes[key] = conn
+            conn.op = self.driver.spawn(self._start_node(conn))
+        if any(c.state == READY for c in self.nodes.values()) or not self.cluster._discovered.is_set():
+            self._next_warning = (0.0, WARN_FIRST)
+            return
+        self._no_usable_node(now)
+
+    def _no_usable_node(self, now: float) -> None:
+        why = "; ".join(f"{key}: {reason}" for key, reason in self.failed.items()) or "no node answered"
+        limit = self.cluster.first_node_timeout
+        for_good = self.reconnect.all_permanent(set(self.named))
+        timed_out = limit is not None and not self.records and now - self.cluster._start_time >= limit
+        if (for_good or timed_out) and not self.no_node_declared:
+            self.no_node_declared = True
+            reason = (f"no usable node: every node failed for good ({why})" if for_good else
+                      f"no usable node within first_node_timeout={limit:g} s ({why})")
+            log.error("cluster %s: %s; its jobs end Abandoned", self.cluster.name, reason)
+            self.driver.feed(ev.NoUsableNode(reason, now))
+            return
+        at, step = self._next_warning
+        if not for_good and now >= at:
+            if at:
+                log.warning("cluster %s has no usable node yet; still trying: %s", self.cluster.name, why)
+            self._next_warning = (now + step, min(WARN_MAX, step * 2))
+
     def snapshot(self) -> tuple[list[DispyNode], dict[str, str]]:
         """The usable nodes (brought up to date) and why the others could not be used."""
         return [self.driver.sync(c) for c in self.nodes.values() if c.state == READY], dict(self.failed)
+
+
+def _for_good(exc: BaseException) -> bool:
+    """A connection failure that trying again cannot cure: the peer's certificate, or its protocol."""
+    return isinstance(exc, ssl.SSLCertVerificationError | ProtocolError) or (
+        isinstance(exc, ssl.SSLError) and "CERTIFICATE" in str(exc).upper())

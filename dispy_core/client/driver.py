@@ -71,10 +71,12 @@ class ClientDriver:
         return instructions
 
     async def tick(self, period: float = TICK) -> None:
-        """Time for the state (its probes of shared nodes; later, its timeouts), while the cluster is open."""
+        """Time for the state (its probes of shared nodes) and for contacting failed nodes again."""
         while not self.cluster._closed:
             await asyncio.sleep(period)
-            self.feed(ev.Tick(time.time()))
+            now = time.time()
+            self.feed(ev.Tick(now))
+            self.life.tick(now)
 
     def submit(self, job: DispyJob) -> None:
         self.jobs[job._uid] = job

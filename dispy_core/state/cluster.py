@@ -21,6 +21,9 @@ It is pure: events in (``state.events``), instructions out, no I/O and no clock.
   is ``reentrant``; a job whose node was lost while running it ``allowed_failures`` times is Abandoned,
   whatever is decided (a poison job must not take down every node in turn). A job being cancelled ends
   Cancelled; a pinned job cannot move and is Abandoned.
+- **No node.** When no node can run the jobs (every named node failed for good, or none came within the
+  cluster's ``node_timeout``), queued jobs end Abandoned with the reason, and so do new ones until a node
+  is ready.
 - **Cancels.** A queued job is Cancelled at once; a job at a node is cancelled there (``SendCancel``) and
   ends with the node's answer.
 """
@@ -139,6 +142,8 @@ class ClusterState:
         self.nodes: dict[str, NodeRecord] = {}
         self.discovered = False
         self.closing = False
+        self.no_node: str | None = None
+        """Why no node can run jobs (``NoUsableNode``), until one is ready: new jobs end Abandoned at once."""
 
     def handle(self, event: ev.ClusterEvent) -> Out:
         """Apply ``event``; the instructions to carry out, in order."""
@@ -168,6 +173,9 @@ class ClusterState:
 
     def _place(self, record: JobRecord, out: Out, front: bool = False) -> None:
         """Queue a job that is at no node: pending, its pinned node's queue, or parked."""
+        if self.no_node is not None and not self.nodes:
+            self._final(record, JobEvent.NO_NODE, out, self.no_node)
+            return
         if record.pinned is None:
             (self.pending.appendleft if front else self.pending.append)(record.uid)
             return
@@ -263,6 +271,7 @@ class ClusterState:
 
     # ------------------------------------------------------------------ nodes
     def _node_ready(self, event: ev.NodeReady, out: Out) -> None:
+        self.no_node = None
         cpus = max(1, event.cpus)
         node = self.nodes.get(event.node_id)
         if node is None:
@@ -381,6 +390,16 @@ class ClusterState:
         for node in list(self.nodes.values()):
             self._close(node, event.terminate, "Cancelled (cluster closed)", out)
 
+    def _no_usable_node(self, event: ev.NoUsableNode, out: Out) -> None:
+        if self.nodes:
+            return  # one is usable after all
+        self.no_node = event.reason
+        queued = list(self.pending) + self.parked
+        self.pending.clear()
+        self.parked.clear()
+        for uid in queued:
+            self._final(self.jobs[uid], JobEvent.NO_NODE, out, event.reason)
+
     def _tick(self, event: ev.Tick, out: Out) -> None:
         """A node that refused jobs for want of a CPU is offered one more each tick (a probe)."""
         relaxed = False
@@ -473,6 +492,7 @@ class ClusterState:
         ev.SendFailed: _send_failed,
         ev.CancelAsked: _cancel,
         ev.ClusterClosing: _cluster_closing,
+        ev.NoUsableNode: _no_usable_node,
         ev.Tick: _tick,
     }
 

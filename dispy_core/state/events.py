@@ -19,9 +19,9 @@ __all__ = [
     "CancelAsked", "CloseNode", "ClusterClosing", "ClusterEvent", "ClusterInstruction", "CompClosed",
     "CompClosing", "CompOpened", "CompReady", "DiscoveryDone", "JobArrived", "JobCancelAsked", "JobEnded", "JobStarted",
     "JobSubmitted", "KillJob", "NodeAllocation", "NodeCapacity", "NodeClosing", "NodeCpus", "NodeEvent",
-    "NodeInstruction", "NodeLost", "NodeReady", "NodeReleased", "NotifyJob", "NotifyNode", "ProvisionalArrived",
-    "Refused", "RefuseJob", "ReportCancelled", "ResultArrived", "SendCancel", "SendFailed", "SendJobs",
-    "SendResult", "StartJob", "TerminateRunning", "Tick",
+    "NodeInstruction", "NodeLost", "NodeReady", "NoUsableNode", "NodeReleased", "NotifyJob", "NotifyNode",
+    "ProvisionalArrived", "Refused", "RefuseJob", "ReportCancelled", "ResultArrived", "SendCancel", "SendFailed",
+    "SendJobs", "SendResult", "StartJob", "TerminateRunning", "Tick",
 ]
 
 
@@ -161,6 +161,15 @@ class ClusterClosing:
 
 
 @dataclass(frozen=True, slots=True)
+class NoUsableNode:
+    """No node can run the jobs (every named node failed for good, or none came in time): ``reason`` says why,
+    node by node. Jobs waiting end Abandoned, and so do jobs submitted until a node is ready."""
+
+    reason: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passes (for timeouts: pulses missed, nodes to retry)."""
 
@@ -169,7 +178,7 @@ class Tick:
 
 ClusterEvent = (JobSubmitted | DiscoveryDone | NodeReady | NodeCpus | NodeAllocation | NodeClosing | NodeLost
                 | NodeReleased | JobStarted | ResultArrived | ProvisionalArrived | Refused | SendFailed
-                | CancelAsked | ClusterClosing | Tick)
+                | CancelAsked | ClusterClosing | NoUsableNode | Tick)
 
 
 # =========================================================================== cluster: instructions

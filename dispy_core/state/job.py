@@ -34,6 +34,7 @@ class JobEvent(Enum):
     NODE_LOST_RESUBMIT = "node_lost_resubmit"
     NODE_LOST_ABANDON = "node_lost_abandon"
     SEND_FAILED = "send_failed"          # the job could not be delivered to the node
+    NO_NODE = "no_node"                  # no node can ever take it (every node failed for good, or none came)
 
 
 _S = JobStatus
@@ -46,6 +47,7 @@ TRANSITIONS: dict[tuple[JobStatus, JobEvent], JobStatus] = {
     (_S.Created, _E.CANCELLED): _S.Cancelled,
     (_S.Created, _E.NODE_LOST_RESUBMIT): _S.Created,
     (_S.Created, _E.SEND_FAILED): _S.Cancelled,
+    (_S.Created, _E.NO_NODE): _S.Abandoned,
     # a job waiting at a node may end there without starting (its computation's host died)
     (_S.Created, _E.FAILED): _S.Terminated,
     (_S.Created, _E.FINISHED): _S.Finished,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import dispy
-from dispy_core.testing.nodes import NodeProcess
+from dispy_core.testing.nodes import NodeProcess, free_base_port
 from dispy_core.testing.waiting import wait_for
 
 
@@ -40,3 +40,61 @@ def test_a_poison_job_takes_down_only_allowed_failures_nodes(node_factory: Calla
         assert sum(1 for node in nodes if node.proc.poll() is None) == 1  # two died, no more
         jobs = [cluster.submit(i) for i in range(10)]
         assert [job() for job in jobs if job is not None] == [i * i for i in range(10)]
+
+
+def nap(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_node_started_late_is_used_when_it_answers(node_factory: Callable[..., NodeProcess]) -> None:
+    base = free_base_port()
+    with dispy.JobCluster(nap, nodes=["127.0.0.1"], dispy_port=base) as cluster:
+        jobs = [cluster.submit(0.01) for _ in range(5)]
+        wait_for(lambda: cluster.status()["failed_nodes"], timeout=20)  # refused: nothing listens yet
+        node_factory(base_port=base)
+        assert cluster.wait(timeout=60)
+        assert [job.status for job in jobs if job is not None] == [dispy.DispyJob.Finished] * 5
+
+
+def test_a_node_restarted_on_its_port_is_used_again(node_factory: Callable[..., NodeProcess]) -> None:
+    node = node_factory("--cpus", "1")
+    with dispy.JobCluster(nap, nodes=["127.0.0.1"], dispy_port=node.base_port, reentrant=True) as cluster:
+        wait_for(lambda: cluster.status()["nodes"], timeout=30)
+        first = cluster.submit(3)
+        assert first is not None
+        wait_for(lambda: first.status == dispy.DispyJob.Running, timeout=30)
+        node.proc.kill()
+        node.proc.wait(10)
+        wait_for(lambda: not cluster.status()["nodes"], timeout=30)
+        later = [cluster.submit(0.01) for _ in range(5)]
+        node_factory("--cpus", "1", base_port=node.base_port)
+        first_result = first(timeout=90)  # resubmitted to the node that came back
+        assert first_result == 3 and first.status == dispy.DispyJob.Finished
+        assert cluster.wait(timeout=60)
+        assert all(job is not None and job.status == dispy.DispyJob.Finished for job in later)
+        [dnode] = cluster.status()["nodes"]
+        assert dnode.busy == 0  # reconciled, not double-counted
+
+
+def test_jobs_end_abandoned_when_every_node_fails_for_good(node_factory: Callable[..., NodeProcess]) -> None:
+    node = node_factory(secret="right")
+    with dispy.JobCluster(nap, nodes=["127.0.0.1"], dispy_port=node.base_port, secret="wrong") as cluster:
+        job = cluster.submit(0)
+        assert job is not None and job.wait(timeout=30)
+        assert job.status == dispy.DispyJob.Abandoned
+        assert f"127.0.0.1:{node.port}" in str(job.exception) and "authentication" in str(job.exception)
+        late = cluster.submit(0)  # no node can run it either
+        assert late is not None and late.wait(timeout=10) and late.status == dispy.DispyJob.Abandoned
+        assert cluster.wait(timeout=5)
+
+
+def test_first_node_timeout_bounds_the_wait_for_a_node() -> None:
+    base = free_base_port()
+    with dispy.JobCluster(nap, nodes=["127.0.0.1"], dispy_port=base, first_node_timeout=2) as cluster:
+        job = cluster.submit(0)
+        assert job is not None and job.wait(timeout=30)
+        assert job.status == dispy.DispyJob.Abandoned
+        assert "first_node_timeout=2" in str(job.exception) and "cannot connect" in str(job.exception)

@@ -28,6 +28,7 @@ from dispy_core.state.events import (
     NodeReleased,
     NotifyJob,
     NotifyNode,
+    NoUsableNode,
     ProvisionalArrived,
     Refused,
     ResultArrived,
@@ -596,3 +597,15 @@ def test_waiting_jobs_do_not_count_as_lost_with_their_node() -> None:
     assert NotifyJob(1, Abandoned, Running, "node a lost: reset; its node was lost while running it once, so it "
                                             "is not resubmitted again (allowed_failures=1)") in out
     assert list(state.pending) == [2] and state.jobs[2].losses == 0
+
+
+def test_no_usable_node_ends_waiting_and_new_jobs_until_a_node_is_ready() -> None:
+    state = cluster()
+    submitted(state, 1, 2)
+    why = "no usable node: every node failed for good (a:1: authentication failed)"
+    assert state.handle(NoUsableNode(why, T)) == [NotifyJob(1, Abandoned, Created, why),
+                                                  NotifyJob(2, Abandoned, Created, why)]
+    assert submitted(state, 3) == [NotifyJob(3, Created, None), NotifyJob(3, Abandoned, Created, why)]
+    state.handle(NodeReady("a", 1, T))  # a node after all: jobs run again
+    assert submitted(state, 4) == [NotifyJob(4, Created, None), running(4), SendJobs("a", (4,))]
+    assert state.handle(NoUsableNode(why, T)) == []  # ignored while a node is usable
