@@ -56,7 +56,8 @@ def test_client_and_node_on_different_pythons(node_factory: Callable[..., NodePr
     try:
         job = cluster.submit(1)
         assert job is not None
-        assert not cluster.wait(timeout=3)  # the node refused the computation: no node to run it
+        assert job.wait(timeout=30)  # the node refused the computation for good: no node can run the job
+        assert job.status == dispy.DispyJob.Abandoned and "without source code" in str(job.exception)
         assert cluster.status()["nodes"] == []
     finally:
         cluster.close(timeout=0, terminate=True)
