@@ -16,7 +16,7 @@ from dispy_core.errors import DispyError
 from dispy_core.malloc_tuning import tune_malloc
 from dispy_core.node import nodeconfig
 from dispy_core.node.console import Console
-from dispy_core.node.server import NodeOptions, NodeServer, resolve_cpus
+from dispy_core.node.server import ZOMBIE_INTERVAL, NodeOptions, NodeServer, resolve_cpus
 from dispy_core.node.service import ServiceWindow, parse_hhmm
 from dispy_core.sizes import parse_size
 
@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cafile", default=None, help="CA certificates to verify peers (default: certfile)")
     parser.add_argument("--max_file_size", default="0",
                         help="largest file transferred either way (k/m/g suffixes; 0 = none)")
-    parser.add_argument("--zombie_interval", type=float, default=0.0,
-                        help="minutes a client may stay silent before it is presumed dead and its "
-                             "computations are closed (0 = never)")
+    parser.add_argument("--zombie_interval", type=float, default=ZOMBIE_INTERVAL,
+                        help="minutes a client may stay silent (answering no ping) before it is presumed dead "
+                             f"and its computations are closed (default {ZOMBIE_INTERVAL:g}; 0 = never)")
     parser.add_argument("--ping_interval", type=float, default=None,
                         help="seconds between announcements while idle (accepted; not implemented yet)")
     parser.add_argument("--serve", type=int, default=0,

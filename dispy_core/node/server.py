@@ -40,6 +40,8 @@ from dispy_core.state.node import NodeState
 
 log = logging.getLogger("dispy.node")
 
+ZOMBIE_INTERVAL = 60.0
+"""Minutes a client may stay silent (answering no ping) before it is presumed dead: the original's default."""
 MAX_JOBS_PER_PROCESS = 100_000
 """Default bound on a client's ``jobs_per_process`` (node config ``executor.max_jobs_per_process``)."""
 
@@ -61,7 +63,7 @@ class NodeOptions:
     clean: bool = False
     serve: int = 0
     """Computations to serve before quitting; 0 = no limit."""
-    zombie_interval: float = 0.0
+    zombie_interval: float = ZOMBIE_INTERVAL
     """Minutes a client's connection may stay silent before the client is presumed dead; 0 = never."""
     client_shutdown: bool = False
     force_cleanup: bool = False

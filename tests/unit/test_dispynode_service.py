@@ -135,3 +135,13 @@ def test_service_end_terminates_running_jobs() -> None:
 
     asyncio.run(scenario())
     assert cancelled == [("c1", 7, 0.0)]
+
+
+def test_zombie_detection_is_on_by_default_as_in_the_original() -> None:
+    from dispy_core.node.cli import options_from_args, parse_args
+
+    args, parser = parse_args(["-i", "127.0.0.1"])
+    assert options_from_args(args, parser).zombie_interval == 60.0
+    args, parser = parse_args(["-i", "127.0.0.1", "--zombie_interval", "0"])
+    assert options_from_args(args, parser).zombie_interval == 0.0  # 0 still turns it off
+    assert NodeOptions().zombie_interval == 60.0
