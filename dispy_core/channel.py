@@ -174,16 +174,16 @@ class Channel:
             while True:
                 data = await self.stream.read(READ_SIZE)
                 if not data:
-                    self.close_reason = "closed by peer"
+                    self.close_reason = self.close_reason or "closed by peer"  # ours, if we closed it
                     break
                 self.rx_bytes += len(data)
                 for msg in self.session.receive_data(data):
                     self._dispatch(msg, handler)
         except ProtocolError as exc:
-            self.close_reason = f"protocol error: {exc}"
+            self.close_reason = self.close_reason or f"protocol error: {exc}"
             log.warning("dropping connection with %s: %s", _fmt(self.peer), exc)
         except (OSError, TransportError) as exc:
-            self.close_reason = f"connection lost: {exc}"
+            self.close_reason = self.close_reason or f"connection lost: {exc}"
         finally:
             await self.close(self.close_reason or "closed")
 

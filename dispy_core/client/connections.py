@@ -36,6 +36,8 @@ log = logging.getLogger("dispy")
 __all__ = ["CLOSED", "CLOSING", "CONNECTING", "FILE_CHUNK", "READY", "SETUP", "NodeConn", "NodeLife"]
 
 FILE_CHUNK = 4 << 20
+PULSES_MISSED = 5
+"""With ``pulse_interval``, a node from which nothing arrives for this many pulses is lost (the original's rule)."""
 WARN_FIRST, WARN_MAX = 5.0, 300.0
 """Seconds until the first WARNING that no node is usable yet (after the ERROR at start), and the most
 between two; the interval doubles."""
@@ -59,6 +61,7 @@ class NodeConn:
         self.op: asyncio.Task[Any] | None = None  # the life operation in progress (start, close, resetup)
         self.file_errors: dict[int, str] = {}  # first refusal of a file transfer, by request id
         self.retry = False  # contacted again after a failure: a new failure is not announced again
+        self.heard = (0, 0.0)  # the channel's rx_bytes, and since when they have not changed
 
 
 class NodeLife:
@@ -171,6 +174,7 @@ class NodeLife:
         if conn.state != SETUP:  # closed meanwhile (cluster closing, connection lost)
             return
         conn.state = READY
+        conn.heard = (channel.rx_bytes, time.time())
         node.reason = None
         self.failed.pop(node.key, None)
         self.reconnect.connected(node.key)
@@ -421,10 +425,27 @@ class NodeLife:
             conn.retry = True
             self.nodes[key] = conn
             conn.op = self.driver.spawn(self._start_node(conn))
+        if self.cluster.pulse_interval:
+            self._check_pulses(now, PULSES_MISSED * self.cluster.pulse_interval)
         if any(c.state == READY for c in self.nodes.values()) or not self.cluster._discovered.is_set():
             self._next_warning = (0.0, WARN_FIRST)
             return
         self._no_usable_node(now)
+
+    def _check_pulses(self, now: float, limit: float) -> None:
+        """A node that sent nothing for ``PULSES_MISSED`` pulses is frozen or cut off: it is lost."""
+        for conn in list(self.nodes.values()):
+            channel = conn.channel
+            if conn.state != READY or channel is None or channel.closed:
+                continue
+            if channel.rx_bytes != conn.heard[0]:
+                conn.heard = (channel.rx_bytes, now)
+            elif now - conn.heard[1] >= limit:
+                reason = (f"missed {PULSES_MISSED} pulses: nothing received for {now - conn.heard[1]:.1f} s "
+                          f"(pulse_interval {self.cluster.pulse_interval:g} s)")
+                log.warning("node %s (%s) %s; taken as lost", conn.node.key, conn.node.name, reason)
+                conn.node.reason = reason
+                self.driver.spawn(channel.close(reason))
 
     def _no_usable_node(self, now: float) -> None:
         why = "; ".join(f"{key}: {reason}" for key, reason in self.failed.items()) or "no node answered"

@@ -3,6 +3,7 @@ reentrant cluster only ``allowed_failures`` times, then ends Abandoned with the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import dispy
@@ -98,3 +99,27 @@ def test_first_node_timeout_bounds_the_wait_for_a_node() -> None:
         assert job is not None and job.wait(timeout=30)
         assert job.status == dispy.DispyJob.Abandoned
         assert "first_node_timeout=2" in str(job.exception) and "cannot connect" in str(job.exception)
+
+
+def test_a_frozen_node_is_lost_after_five_missed_pulses(node_factory: Callable[..., NodeProcess]) -> None:
+    import signal
+
+    nodes = {node.port: node for node in (node_factory("--cpus", "1"), node_factory("--cpus", "1"))}
+    allocs = [dispy.NodeAllocate("127.0.0.1", port=port) for port in nodes]
+    with dispy.JobCluster(nap, nodes=allocs, pulse_interval=1, reentrant=True) as cluster:
+        wait_for(lambda: len(cluster.status()["nodes"]) == 2, timeout=30)
+        job = cluster.submit(2)
+        assert job is not None
+        wait_for(lambda: job.status == dispy.DispyJob.Running, timeout=30)
+        frozen = nodes[int(str(job._node_key).rsplit(":", 1)[1])]
+        frozen.proc.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            failed = wait_for(lambda: cluster.status()["failed_nodes"].get(f"127.0.0.1:{frozen.port}"), timeout=20)
+            detected = time.monotonic() - start
+            assert "missed 5 pulses" in failed
+            assert 4.0 <= detected <= 15.0, detected  # 5 pulses of 1 s, seen at the next 1 s tick
+            assert job(timeout=30) == 2 and job.status == dispy.DispyJob.Finished  # resubmitted elsewhere
+            assert job.ip_addr == "127.0.0.1" and not str(job._node_key).endswith(f":{frozen.port}")
+        finally:
+            frozen.proc.send_signal(signal.SIGCONT)
