@@ -33,12 +33,22 @@ _READ_HIGH_WATER = 4 * 1024 * 1024
 _READ_LOW_WATER = 1024 * 1024
 
 
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
+"""TCP keepalive: probe a connection silent for 30 s every 10 s; 3 unanswered probes drop it. A peer that
+vanished without a reset (power loss, a partition) is noticed within about a minute, even without pulses."""
+
+
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:
-    """Frames are small and latency-bound: never let Nagle hold one back."""
+    """Frames are small and latency-bound: never let Nagle hold one back. Keepalive notices dead peers."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                                ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+                if hasattr(socket, name):  # Linux; other systems keep their defaults
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
         except OSError:  # already closed
             pass
 

@@ -143,6 +143,8 @@ def test_stream_facts_nodelay_and_peers() -> None:
         seen["server_peer"] = stream.peer
         seen["server_nodelay"] = stream.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP,
                                                                             socket.TCP_NODELAY)
+        seen["server_keepalive"] = stream.get_extra_info("socket").getsockopt(socket.SOL_SOCKET,
+                                                                              socket.SO_KEEPALIVE)
         await echo(stream)
 
     async def main() -> None:
@@ -158,6 +160,11 @@ def test_stream_facts_nodelay_and_peers() -> None:
             assert await read_exactly(stream, 3) == b"abc"
             assert seen["server_peer"] == stream.get_extra_info("sockname")[:2]
             assert seen["server_nodelay"]
+            sock = stream.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) and seen["server_keepalive"]
+            if hasattr(socket, "TCP_KEEPIDLE"):  # a peer gone without a reset is noticed within about a minute
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
             await stream.close()
             await stream.close()  # idempotent
             with pytest.raises(TransportError):
