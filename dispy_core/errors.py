@@ -15,7 +15,8 @@
     │   └── MemoryConnectionRefused  nothing listens there (testing kit's in-process network)
     ├── SerializationError       an object that cannot be serialized / a payload that cannot be loaded
     ├── ExecutionError           a computation could not be set up or run on a node
-    │   └── SetupError           setup failed, returned an unknown code or timed out
+    │   ├── SetupError           setup failed, returned an unknown code or timed out
+    │   └── ComputationBroken    the computation's host on a node is gone: no job of it can run there
     ├── UnsafePathError          a path from a peer that would escape its directory
     └── InvalidTransition        an event a state machine cannot take in its state (a bug or a late message)
 """
@@ -88,6 +89,11 @@ class ExecutionError(DispyError):
 
 class SetupError(ExecutionError):
     """The computation's setup failed, returned an unknown value or took too long."""
+
+
+class ComputationBroken(ExecutionError):
+    """The computation's host process on a node died (OOM killer, a job killing it): none of its jobs can
+    start there until it is set up again."""
 
 
 class UnsafePathError(DispyError, ValueError):

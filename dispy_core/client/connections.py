@@ -410,6 +410,14 @@ class NodeLife:
         if closers:
             await asyncio.wait(closers, timeout=self.cluster.setup_timeout + self.cluster.config.msg_timeout)
 
+    def computation_lost(self, conn: NodeConn) -> None:
+        """The node closed the computation on its own (its host process died): set it up again there."""
+        if conn.state != READY or self.cluster._closed:
+            return
+        log.warning("node %s (%s) lost the computation's host process; setting it up again", conn.node.key,
+                    conn.node.name)
+        self.queue_op(conn, lambda: self.resetup_op(conn))
+
     # ------------------------------------------------------------------ trying again
     def tick(self, now: float) -> None:
         """Contact again the named nodes whose retry is due; say when no node is usable (and why)."""

@@ -151,6 +151,8 @@ class ClientDriver:
             self.feed(ev.Refused(msg.job_uid, key, _refusal_reason(msg), time.time()))
         elif isinstance(msg, m.JobFile):
             self._on_job_file(conn, msg)
+        elif isinstance(msg, m.ComputationClosed):  # not asked for: the node lost the computation's host
+            self.life.computation_lost(conn)
         elif isinstance(msg, m.Pulse):
             self._on_pulse(conn, msg)
         elif isinstance(msg, m.Ping):  # a node checking that we are alive (its --zombie_interval)

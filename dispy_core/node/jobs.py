@@ -12,12 +12,12 @@ import time
 from typing import TYPE_CHECKING
 
 from dispy_core.channel import Channel
-from dispy_core.errors import DispyError
+from dispy_core.errors import ComputationBroken, DispyError
 from dispy_core.interfaces import JobOutcome
 from dispy_core.node.liveness import send_quietly
 from dispy_core.protocol import messages as m
 from dispy_core.state import events as ev
-from dispy_core.status import JobStatus
+from dispy_core.status import JobStatus, RefusalReason
 
 if TYPE_CHECKING:
     from dispy_core.node.server import HostedComputation, NodeServer
@@ -94,6 +94,10 @@ class JobRunner:
             comp.channel.send_nowait(m.JobStarted(start.comp_id, start.uid, start.time))
         try:
             self.server.executor.submit_nowait(start.comp_id, start.uid, msg.args)  # no task per job on the hot path
+        except ComputationBroken as exc:  # its host died: the job goes back, the computation is set up again
+            self.apply(self.server.state.handle(ev.JobEnded(start.comp_id, start.uid, time.time())))
+            comp.channel.send_nowait(m.JobRefused(start.comp_id, start.uid, str(exc), RefusalReason.NOT_READY.value))
+            self.server.computation_broken(comp, str(exc))
         except (DispyError, OSError) as exc:
             now = time.time()
             self.done(start.comp_id, start.uid, JobOutcome(

@@ -506,6 +506,19 @@ class NodeServer:
         self._check_served()
         self._maybe_quit()
 
+    def computation_broken(self, comp: HostedComputation, reason: str) -> None:
+        """The computation's host died: close it here and tell its client, which sets it up again."""
+        if comp.closing or self.computations.get(comp.comp_id) is not comp:
+            return
+        log.warning("computation %s (%s): %s; closing it, its client sets it up again", comp.name, comp.comp_id,
+                    reason)
+        self._spawn(self._close_broken(comp))
+
+    async def _close_broken(self, comp: HostedComputation) -> None:
+        await self._close_computation(comp, terminate=True)
+        if not comp.channel.closed:
+            await send_quietly(comp.channel, m.ComputationClosed(0, comp.comp_id))
+
     def _check_served(self) -> None:
         serve = self.options.serve
         if serve and self._served >= serve and not self.computations and not self._closing:

@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import Any
 
-from dispy_core.errors import ConfigError, DispyError, ExecutionError, SetupError
+from dispy_core.errors import ComputationBroken, ConfigError, DispyError, ExecutionError, SetupError
 from dispy_core.interfaces import ComputationSpec, ExecutorEvents, JobOutcome
 from dispy_core.status import JobStatus
 from dispy_plugins.executor_host import ipc, namespace, proctree
@@ -315,7 +315,7 @@ class HostExecutor:
         """:meth:`submit` without a coroutine: it never waits (the pipe write is queued)."""
         link = self._link(comp_id)
         if link.broken:
-            raise ExecutionError(f"computation {comp_id} cannot run jobs: {link.broken}")
+            raise ComputationBroken(f"computation {comp_id} cannot run jobs: {link.broken}")
         if link.closing:
             raise ExecutionError(f"computation {comp_id} is closing")
         if job_uid in link.running:

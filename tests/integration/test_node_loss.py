@@ -123,3 +123,27 @@ def test_a_frozen_node_is_lost_after_five_missed_pulses(node_factory: Callable[.
             assert job.ip_addr == "127.0.0.1" and not str(job._node_key).endswith(f":{frozen.port}")
         finally:
             frozen.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_dead_computation_host_is_set_up_again_and_no_job_is_lost(node_factory: Callable[..., NodeProcess]) -> None:
+    import psutil
+
+    node = node_factory("--cpus", "1")
+    with dispy.JobCluster(nap, nodes=["127.0.0.1"], dispy_port=node.base_port) as cluster:
+        wait_for(lambda: cluster.status()["nodes"], timeout=30)
+        first = cluster.submit(0)
+        assert first is not None and first(timeout=30) == 0
+
+        def hosts() -> list[psutil.Process]:
+            return [p for p in psutil.Process(node.proc.pid).children()
+                    if any("executor_host.host" in part for part in p.cmdline())]
+
+        [host] = hosts()
+        host.kill()  # as the OOM killer would
+        host.wait(10)
+        time.sleep(2.0)  # noticed within 1 s; a job sent to a host dying meanwhile would end Terminated
+        jobs = [cluster.submit(0.01) for _ in range(20)]
+        assert cluster.wait(timeout=90)
+        assert [job.status for job in jobs if job is not None] == [dispy.DispyJob.Finished] * 20
+        assert [p.pid for p in hosts()] != [host.pid]  # a new host runs the computation
+        assert "its client sets it up again" in node.log()
