@@ -19,9 +19,10 @@ def poison_or_square(n: int) -> int:
 
         import psutil
 
-        for parent in psutil.Process().parents():
-            if any("dispynode" in part or "dispy_core.node" in part for part in parent.cmdline()):
+        for parent in psutil.Process().parents():  # the nearest dispynode only, never the test runner
+            if "dispy_core.node.cli" in parent.cmdline() or parent.name() == "dispynode":
                 os.kill(parent.pid, signal.SIGKILL)
+                break
         import time
 
         time.sleep(30)
