@@ -97,7 +97,7 @@ class JobRunner:
         except ComputationBroken as exc:  # its host died: the job goes back, the computation is set up again
             self.apply(self.server.state.handle(ev.JobEnded(start.comp_id, start.uid, time.time())))
             comp.channel.send_nowait(m.JobRefused(start.comp_id, start.uid, str(exc), RefusalReason.NOT_READY.value))
-            self.server.computation_broken(comp, str(exc))
+            self.server.comps.computation_broken(comp, str(exc))
         except (DispyError, OSError) as exc:
             now = time.time()
             self.done(start.comp_id, start.uid, JobOutcome(
