@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -117,9 +118,9 @@ class Host:
         if tool == "nft":
             ruleset = (f"table inet dispyloss {{\n"
                        f"  chain input {{ type filter hook input priority 0; policy accept;\n"
-                       f"    iifname \"{self.link}\" numgen random mod 100 < {percent} drop; }}\n"
+                       f"    iifname \"{self.link}\" numgen random mod 100 < {percent} counter drop; }}\n"
                        f"  chain output {{ type filter hook output priority 0; policy accept;\n"
-                       f"    oifname \"{self.link}\" numgen random mod 100 < {percent} drop; }}\n"
+                       f"    oifname \"{self.link}\" numgen random mod 100 < {percent} counter drop; }}\n"
                        f"}}\n")
             proc = subprocess.run(self.argv("nft", "-f", "-"), input=ruleset, capture_output=True, text=True,
                                   timeout=30)
@@ -135,6 +136,21 @@ class Host:
         else:
             raise LabError("packet loss needs nft or iptables; neither is installed")
         self.loss_rules = tool
+
+    def dropped(self) -> int:
+        """Packets :meth:`set_loss` dropped so far, both ways (evidence that the fault was real)."""
+        if self.loss_rules == "nft":
+            listing = self.run("nft", "list", "table", "inet", "dispyloss").stdout
+            return sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
+        if self.loss_rules == "iptables":
+            total = 0
+            for chain in ("INPUT", "OUTPUT"):
+                for line in self.run("iptables", "-L", chain, "-v", "-x", "-n").stdout.splitlines():
+                    words = line.split()
+                    if len(words) > 2 and words[2] == "DROP" and words[0].isdigit():
+                        total += int(words[0])
+            return total
+        return 0
 
     def clear_loss(self) -> None:
         if self.loss_rules == "nft":

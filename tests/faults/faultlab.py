@@ -214,6 +214,17 @@ def judge(summary: dict[str, Any], asked: int, abandon_ok_on: str | None = None)
     return verdict
 
 
+def results_per_node(summary: dict[str, Any], names: dict[str, str]) -> str:
+    """Finished callbacks per node (by name), to show where the jobs ran around the fault."""
+    counts: dict[str, int] = {}
+    for job in summary["jobs"].values():
+        for final in job["finals"]:
+            if final["status"] == JobStatus.Finished:
+                name = names.get(final["ip"], str(final["ip"]))
+                counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
+
+
 @dataclass
 class Outcome:
     """One row of the table printed at the end of the session."""
@@ -228,17 +239,19 @@ class Outcome:
     wait_returned: bool | None
     rejoined: float | None
     seconds: float
+    per_node: str = ""
+    note: str = ""
 
     @staticmethod
     def header() -> list[str]:
         return ["scenario", "jobs", "lost", "duplicated", "abandoned (expected)", "time to detect",
-                "wait() returned", "node back after", "run time"]
+                "wait() returned", "node back after", "results per node", "run time", "notes"]
 
     def cells(self) -> list[str]:
         detect = "-" if self.detect is None else f"{self.detect:.2f} s ({self.detect_how})"
         rejoined = "-" if self.rejoined is None else f"{self.rejoined:.1f} s"
         return [self.scenario, str(self.jobs), str(self.lost), str(self.duplicated), str(self.abandoned_expected),
-                detect, str(self.wait_returned), rejoined, f"{self.seconds:.0f} s"]
+                detect, str(self.wait_returned), rejoined, self.per_node, f"{self.seconds:.0f} s", self.note]
 
 
 def format_table(outcomes: list[Outcome]) -> str:
