@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-__all__ = ["Host", "Lab", "LabError", "loss_tool", "netns_unusable_reason"]
+__all__ = ["Host", "Lab", "LabError", "loss_tool", "netns_unusable_reason", "reap_stale_labs"]
 
 _labs = itertools.count(1)
 
@@ -61,6 +61,39 @@ def netns_unusable_reason() -> str | None:
     finally:
         _ip("netns", "del", probe, check=False)
     return None
+
+
+_OURS = re.compile(r"(?:dfx(\d+)n\d+-.+|dprobe(\d+))")
+"""Names this module gives namespaces; the number is the pid of the process that made them."""
+
+
+def reap_stale_labs() -> list[str]:
+    """Delete the namespaces of labs whose test process died without closing them (SIGKILL, power cut),
+    after killing what still runs in them; only names this module makes, only of pids no longer alive."""
+    listing = _ip("netns", "list", check=False).stdout
+    reaped = []
+    for name in (line.split()[0] for line in listing.splitlines() if line.strip()):
+        match = _OURS.fullmatch(name)
+        if match is None or _alive(int(match[1] or match[2])):
+            continue
+        for word in _ip("netns", "pids", name, check=False).stdout.split():
+            try:
+                os.kill(int(word), signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
+        if _ip("netns", "del", name, check=False).returncode == 0:
+            reaped.append(name)
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def loss_tool() -> str | None:
@@ -228,7 +261,9 @@ class Lab:
                 except ProcessLookupError:
                     pass
             time.sleep(0.2)
-        for proc in self.procs:
+        for proc in self.procs:  # one stopped before it entered its namespace is not in any list above
+            if proc.poll() is None:
+                proc.kill()
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from faultlab import Outcome, format_table
 
-from dispy_core.testing.netns import Lab, netns_unusable_reason
+from dispy_core.testing.netns import Lab, netns_unusable_reason, reap_stale_labs
 
 OUTCOMES = pytest.StashKey[list[Outcome]]()
 
@@ -25,6 +25,7 @@ def lab() -> Iterator[Lab]:
     reason = netns_unusable_reason()
     if reason is not None:
         pytest.skip(reason)
+    reap_stale_labs()  # left by a test run that was killed before its finalizers could run
     with Lab() as made:
         yield made
 
