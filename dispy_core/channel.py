@@ -21,7 +21,7 @@ log = logging.getLogger("dispy.channel")
 
 READ_SIZE = 1 << 20
 REPLY_TYPES: tuple[type[m.Message], ...] = (
-    m.NodeInfo, m.ComputationReady, m.ComputationClosed, m.FileAck, m.Pong, m.Error)
+    m.NodeInfo, m.ComputationReady, m.ComputationClosed, m.FileAck, m.Pong, m.Error, m.JobsRecovered)
 
 
 class Channel:

@@ -24,11 +24,13 @@ from dispy_core.client.driver import ClientDriver
 from dispy_core.client.files import send_file_depend
 from dispy_core.client.job import DispyJob
 from dispy_core.client.nodes import DispyNode
+from dispy_core.client.recovery import RecoverLog
 from dispy_core.client.runtime import CallbackThread, LoopThread
 from dispy_core.config import load_config
 from dispy_core.errors import DispyError, SerializationError
 from dispy_core.malloc_tuning import tune_malloc
 from dispy_core.pluginmanager import DispyPluginManager
+from dispy_core.protocol.session import secret_key
 from dispy_core.state import events as ev
 from dispy_core.state.cluster import ALLOWED_FAILURES
 from dispy_core.status import FINAL_JOB_STATES, JobStatus
@@ -134,6 +136,14 @@ class JobCluster:
         self.job_status = job_status
         self.cluster_status = cluster_status
 
+        self._recover_log = RecoverLog.open(recover_file, {
+            "comp_id": self.comp_id, "name": self.name, "kind": self._pkg.kind, "serializer": self.serializer.name,
+            "key": secret_key(self.secret).hex(), "created": time.time(),
+            **{name: os.path.abspath(path) for name, path in
+               (("certfile", certfile), ("keyfile", keyfile), ("cafile", extra.get("cafile"))) if path}})
+        self.recover_file = self._recover_log.path if self._recover_log is not None else None
+        """Where this cluster records what it sent where, for ``dispy.recover_jobs`` after a crash."""
+
         self._lock = threading.Lock()
         self._all_done = threading.Condition(self._lock)
         self._unfinished = 0
@@ -232,6 +242,8 @@ class JobCluster:
         self._loop.stop()
         if self._callbacks is not None:
             self._callbacks.stop(timeout=2.0)
+        if self._recover_log is not None:
+            self._recover_log.close(remove=True)  # every job has its final status: nothing to recover
         return done
 
     def __enter__(self) -> JobCluster:
@@ -387,6 +399,8 @@ class JobCluster:
             options["source_modules"] = self._pkg.source_modules
         if self.jobs_per_process > 1:
             options["jobs_per_process"] = self.jobs_per_process
+        if self._recover_log is not None:
+            options["recover"] = True  # the node keeps results until acknowledged, and after we are gone
         return options
 
     def _pin_key(self, spec: Any) -> str | None:

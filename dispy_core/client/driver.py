@@ -8,6 +8,7 @@ The life of each node connection (connect, set up, close) is ``client/connection
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import logging
 import os
@@ -48,6 +49,9 @@ class ClientDriver:
         self.jobs: dict[int, DispyJob] = {}
         self.life = NodeLife(self)
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.recover_log = cluster._recover_log
+        self._acks: collections.deque[tuple[str, int]] = collections.deque()
+        """(node, job uid) of results the program has for good: told to their nodes at the next tick."""
 
     # ------------------------------------------------------------------ events in, instructions out
     def feed(self, event: ev.ClusterEvent) -> list[ev.ClusterInstruction]:
@@ -77,6 +81,27 @@ class ClientDriver:
             now = time.time()
             self.feed(ev.Tick(now))
             self.life.tick(now)
+            self.send_acks()
+
+    def send_acks(self) -> None:
+        """Let nodes forget the results the program has for good (they keep each until then)."""
+        by_node: dict[str, list[int]] = {}
+        while self._acks:
+            node_key, uid = self._acks.popleft()
+            by_node.setdefault(node_key, []).append(uid)
+        for node_key, uids in by_node.items():
+            conn = self.life.nodes.get(node_key)
+            if conn is not None and conn.channel is not None and not conn.channel.closed:
+                conn.channel.send_nowait(m.ResultsAck(self.comp_id, uids))
+
+    def _delivered(self, uid: int, node_key: str | None) -> None:
+        """The program has the job's final status (its callbacks ran): recorded, then acknowledged to the node.
+
+        Called on the callback thread when there are callbacks, else on the loop thread."""
+        if self.recover_log is not None:
+            self.recover_log.done(uid)
+        if node_key is not None:
+            self._acks.append((node_key, uid))
 
     def submit(self, job: DispyJob) -> None:
         self.jobs[job._uid] = job
@@ -92,6 +117,8 @@ class ClientDriver:
     # ------------------------------------------------------------------ sending
     def _send_jobs(self, send: ev.SendJobs) -> None:
         conn = self.life.nodes.get(send.node_id)
+        if self.recover_log is not None and conn is not None:
+            self.recover_log.sent(send.node_id, send.uids)  # before they leave: a crash right after loses nothing
         for uid in send.uids:
             job = self.jobs[uid]
             if conn is None or conn.channel is None:
@@ -138,6 +165,8 @@ class ClientDriver:
         if isinstance(msg, m.JobResult):
             run_time = max(0.0, msg.end_time - msg.start_time) if msg.end_time else 0.0
             if not self.feed(ev.ResultArrived(msg.job_uid, key, msg.status, run_time, time.time(), msg)):
+                if self.recover_log is not None:
+                    self._acks.append((key, msg.job_uid))  # not wanted: the node need not keep it
                 log.debug("result of job %s from node %s dropped: the job is not there any more (cancelled, "
                          "or ended elsewhere)", msg.job_uid, conn.node.ip_addr)
         elif isinstance(msg, m.JobStarted):
@@ -211,6 +240,13 @@ class ClientDriver:
         self._announce(job, notice.previous, conn)
         if final:
             del self.jobs[notice.uid]
+            if self.recover_log is not None:
+                from_node = job._node_key if isinstance(notice.outcome, m.JobResult) else None
+                callbacks = self.cluster._callbacks
+                if callbacks is not None:  # after the program's callbacks for it have run
+                    callbacks.post(self._delivered, notice.uid, from_node)
+                else:  # before the program can see it done
+                    self._delivered(notice.uid, from_node)
             self.cluster._job_done(job)
 
     def _loads(self, conn: NodeConn | None, data: bytes) -> Any:

@@ -17,6 +17,7 @@ from dispy_core.computation import Computation
 from dispy_core.errors import DispyError, ExecutionError, SetupError, UnsafePathError
 from dispy_core.interfaces import ComputationSpec, JobOutcome
 from dispy_core.node.files import ComputationFiles
+from dispy_core.node.kept import KEPT_DIR, KeptResults
 from dispy_core.node.liveness import send_quietly
 from dispy_core.paths import check_relpath, safe_join
 from dispy_core.protocol import messages as m
@@ -46,6 +47,10 @@ class HostedComputation:
     closing: bool = False
     held: dict[int, m.JobSubmit] = field(default_factory=dict)
     """Jobs accepted and not yet started or refused, by uid."""
+    kept: KeptResults | None = None
+    """Results not yet acknowledged, when the client keeps a recover file (None: it does not)."""
+    detached_at: float | None = None
+    """When its client went away without closing it (its jobs go on, for ``recover_jobs``)."""
 
     @property
     def work_dir(self) -> Path:
@@ -59,6 +64,24 @@ class ComputationHost:
         self.server = server
 
     def open(self, channel: Channel, msg: m.ComputationOpen) -> None:
+        old = self.server.computations.get(msg.comp_id)
+        if old is not None and old.channel is not channel:
+            # Its client again, on a new connection (after a lost one): the old instance goes, jobs and all;
+            # the client has already sent them elsewhere or given them up.
+            log.info("computation %s (%s) opened again by %s: closing the instance of the connection it lost",
+                     old.name, old.comp_id, _fmt(channel.peer))
+            self.server._spawn(self._reopen(old, channel, msg))
+            return
+        self._open(channel, msg)
+
+    async def _reopen(self, old: HostedComputation, channel: Channel, msg: m.ComputationOpen) -> None:
+        if not old.channel.closed:
+            await old.channel.close("the client connected again")
+        await self.close_computation(old, terminate=True)
+        if not channel.closed:
+            self._open(channel, msg)
+
+    def _open(self, channel: Channel, msg: m.ComputationOpen) -> None:
         try:
             work_dir = self._admit(msg)
         except (DispyError, OSError, ValueError) as exc:
@@ -67,6 +90,8 @@ class ComputationHost:
         options = self.server.options
         comp = HostedComputation(msg.comp_id, msg.name, channel, ComputationFiles(work_dir, options.max_file_size),
                                  cleanup_files=msg.cleanup_files or options.force_cleanup)
+        if msg.options.get("recover") is True:
+            comp.kept = KeptResults(self.server.dest_path_prefix / KEPT_DIR / msg.comp_id, self.server.kept_budget)
         comp.spec = ComputationSpec(Computation.of(msg), work_dir, self.server.serializer.name,
                                     node_name=self.server.name,
                                     node_ip_addr=self.server.host, setup_timeout=msg.setup_timeout,
@@ -159,6 +184,8 @@ class ComputationHost:
                     log.warning("closing computation %s: %s", comp.name, exc)
             self.server.computations.pop(comp.comp_id, None)
             self.remove_files(comp)
+            if comp.kept is not None:
+                comp.kept.clear()
         finally:
             self.server._closing -= 1
         done = self.server.state.comps[comp.comp_id].jobs_done if comp.comp_id in self.server.state.comps else 0

@@ -70,8 +70,8 @@ class JobRunner:
                 self._start(comp, instruction)
             elif isinstance(instruction, ev.SendResult):
                 outcome = self._outcomes.get((instruction.comp_id, instruction.uid))
-                if comp is not None and outcome is not None and not comp.channel.closed:
-                    comp.channel.send_nowait(m.JobResult(
+                if comp is not None and outcome is not None:
+                    self.server.recovery.result_ready(comp, m.JobResult(
                         instruction.comp_id, instruction.uid, int(outcome.status), outcome.result, outcome.stdout,
                         outcome.stderr, outcome.exception, outcome.start_time, outcome.end_time))
             elif isinstance(instruction, ev.RefuseJob):

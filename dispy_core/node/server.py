@@ -29,7 +29,9 @@ from dispy_core.errors import ConfigError, DispyError, ProtocolError
 from dispy_core.interfaces import ByteStream, JobExecutor, Listener
 from dispy_core.node.computations import ComputationHost, HostedComputation
 from dispy_core.node.jobs import JobRunner
+from dispy_core.node.kept import KEPT_LIMIT, DiskBudget
 from dispy_core.node.liveness import avail_info, pulse_loop, send_quietly, zombie_loop
+from dispy_core.node.recovery import Recovery
 from dispy_core.node.service import ServiceState, ServiceWindow, minute_of_day
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol import messages as m
@@ -134,8 +136,13 @@ class NodeServer:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pulsing: set[Channel] = set()
+        kept_limit = self.config.get("node.kept_results_limit", KEPT_LIMIT)
+        if type(kept_limit) is not int or kept_limit < 0:
+            raise ConfigError(f"node.kept_results_limit must be a number of bytes (0 or more), not {kept_limit!r}")
+        self.kept_budget = DiskBudget(kept_limit)
         self.jobs = JobRunner(self)
         self.comps = ComputationHost(self)
+        self.recovery = Recovery(self)
 
     @property
     def cpus(self) -> int:
@@ -171,6 +178,7 @@ class NodeServer:
         if self.options.zombie_interval > 0:
             self._spawn(zombie_loop(self.options.zombie_interval * 60.0, lambda: self.channels, self._stopped,
                                     self._drop_zombie, self._spawn))
+        self._spawn(self.recovery.expire_loop(self._stopped))
         if self.options.init_file:
             log.info("--init %s runs in each computation's host process, before its setup",
                      self.options.init_file)
@@ -223,6 +231,8 @@ class NodeServer:
         await self.executor.shutdown()
         for comp in list(self.computations.values()):
             self._remove_files(comp)
+            if comp.kept is not None:
+                comp.kept.clear()
         self.computations.clear()
         for task in list(self._tasks):
             task.cancel()
@@ -323,10 +333,8 @@ class NodeServer:
             await channel.run(lambda msg: self._handle(channel, msg))
         finally:
             self.channels.discard(channel)
-            for comp in [c for c in self.computations.values() if c.channel is channel and not self.stopped]:
-                log.warning("client %s of computation %s went away; terminating its jobs",
-                            _fmt(channel.peer), comp.name)
-                self._spawn(self._close_computation(comp, terminate=True))
+            if not self.stopped:
+                self.recovery.connection_ended(channel)
 
     def _handle(self, channel: Channel, msg: m.Message) -> None:
         handler = self._handlers.get(type(msg))
@@ -403,6 +411,12 @@ class NodeServer:
         if comp is not None and comp.channel is channel:
             self.jobs.apply(self.state.handle(ev.JobCancelAsked(msg.comp_id, msg.job_uid, time.time())))
 
+    def _on_ack(self, channel: Channel, msg: m.ResultsAck) -> None:
+        self.recovery.acknowledged(channel, msg)
+
+    def _on_recover(self, channel: Channel, msg: m.JobsRecover) -> None:
+        self.recovery.take_over(channel, msg)
+
     def _apply(self, instructions: list[ev.NodeInstruction]) -> None:
         self.jobs.apply(instructions)
 
@@ -430,4 +444,6 @@ class NodeServer:
         m.FileChunk: _on_file,
         m.JobSubmit: _on_submit,
         m.JobCancel: _on_cancel,
+        m.ResultsAck: _on_ack,
+        m.JobsRecover: _on_recover,
     }

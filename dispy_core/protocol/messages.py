@@ -273,6 +273,47 @@ class JobRefused(Message):
     code: str = ""
 
 
+@message(36)
+@dataclass(frozen=True, slots=True)
+class ResultsAck(Message):
+    """The client has these results for good (recorded in its recover file): the node forgets them.
+
+    Until then the node keeps each result it sent, so that one in flight when the client dies is
+    still there for ``recover_jobs``."""
+
+    comp_id: str
+    job_uids: list[int]
+
+
+@message(37)
+@dataclass(frozen=True, slots=True)
+class JobsRecover(Message):
+    """``recover_jobs``: take over a computation whose client vanished and get its jobs' results.
+
+    The node answers ``JobsRecovered``, then sends a ``JobResult`` for each job it kept the result of,
+    and one for each job still running when it ends."""
+
+    req_id: int
+    comp_id: str
+    job_uids: list[int]
+
+
+@message(38)
+@dataclass(frozen=True, slots=True)
+class JobsRecovered(Message):
+    req_id: int
+    comp_id: str
+    found: bool
+    """False: the node has no such computation (closed, or never there); every job is unknown."""
+    kept: list[int] = field(default_factory=list)
+    """Jobs whose results follow now."""
+    running: list[int] = field(default_factory=list)
+    """Jobs running or waiting there: their results follow when they end."""
+    unknown: list[int] = field(default_factory=list)
+    """Jobs the node knows nothing of (never arrived, or their results were dropped: see ``error``)."""
+    error: str = ""
+
+
 # --------------------------------------------------------------------------- files (40-49)
 @message(40)
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from ..interfaces import Serializer
 from . import messages as m
 from .codec import Frame, FrameDecoder, decode_body, encode_frame, encode_frame_parts
 
-__all__ = ["HANDSHAKE_FRAME_LIMIT", "NONCE_SIZE", "Session"]
+__all__ = ["HANDSHAKE_FRAME_LIMIT", "NONCE_SIZE", "DerivedKey", "Session", "secret_key"]
 
 NONCE_SIZE = 32
 HANDSHAKE_FRAME_LIMIT = 65536  # an unauthenticated peer cannot make us buffer more than this
@@ -44,8 +44,14 @@ _READY = "ready"
 _FAILED = "failed"
 
 
+class DerivedKey(bytes):
+    """A secret already turned into its key (``secret_key``): what a recover file keeps instead of the secret."""
+
+
 def secret_key(secret: str | bytes) -> bytes:
     """The key both proofs and session keys derive from (fixed length, so an empty secret works)."""
+    if isinstance(secret, DerivedKey):
+        return bytes(secret)
     raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
     return hashlib.sha256(b"dispy-secret" + raw).digest()
 

@@ -245,7 +245,7 @@ class Outcome:
     @staticmethod
     def header() -> list[str]:
         return ["scenario", "jobs", "lost", "duplicated", "abandoned (expected)", "time to detect",
-                "wait() returned", "node back after", "results per node", "run time", "notes"]
+                "wait() returned", "node back", "results per node", "run time", "notes"]
 
     def cells(self) -> list[str]:
         detect = "-" if self.detect is None else f"{self.detect:.2f} s ({self.detect_how})"

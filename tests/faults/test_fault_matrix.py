@@ -70,7 +70,8 @@ def conclude(record: Record, scenario: str, started: float, asked: int, summary:
 
 
 def rejoin(client: ClientProgram, node: FaultNode, since: float, timeout: float) -> float | None:
-    """Seconds from ``since`` until the client uses ``node`` again (None: not within ``timeout``)."""
+    """Seconds from ``since`` (the node restarted, woken or reconnected) until the client uses ``node``
+    again: the table's "node back" column (None: not within ``timeout``)."""
     client.send(cmd="wait_node", key=node.key, timeout=timeout)
     up = client.expect("node", timeout + 30)["up"]
     return None if up is None else up - since
@@ -89,8 +90,9 @@ def test_node_killed_and_restarted_on_its_port(lab: Lab, tmp_path: Path, record_
     node.kill()
     client.fault(node, at, "SIGKILL")
     time.sleep(max(0.0, at + 3.0 - time.monotonic()))
+    restarted = time.monotonic()
     node.spawn().wait_ready()
-    back = rejoin(client, node, at, 60)
+    back = rejoin(client, node, restarted, 60)
     summary = client.finish(wait_timeout=60)
     conclude(record_outcome, "1. node SIGKILL, restarted after 3 s (1 node, reentrant)", started, JOBS,
              summary, [node], client, rejoined=back)
