@@ -236,8 +236,11 @@ class JobCluster:
             return False
         self._closed = True
         try:
-            self._loop.run(self._driver.shutdown(terminate=not done), timeout=self.config.msg_timeout + 30)
-        except (TimeoutError, DispyError, OSError) as exc:
+            self._loop.run(self._driver.shutdown(terminate=not done), timeout=self._life.shutdown_timeout() + 10)
+        except TimeoutError:
+            log.warning("closing cluster %s: the nodes were not all released within %g s", self.name,
+                        self._life.shutdown_timeout() + 10)
+        except (DispyError, OSError) as exc:
             log.warning("closing cluster %s: %s", self.name, exc)
         self._loop.stop()
         if self._callbacks is not None:

@@ -377,7 +377,7 @@ class NodeLife:
         if was_setup and not channel.closed:
             try:
                 await channel.request(m.ComputationClose(channel.next_req_id(), self.cluster.comp_id, terminate),
-                                      self.cluster.setup_timeout + self.cluster.config.msg_timeout)
+                                      self.close_timeout())
             except (DispyError, OSError) as exc:
                 log.warning("node %s: closing computation: %s", conn.node.key, exc)
         if release:
@@ -397,18 +397,37 @@ class NodeLife:
         except (DispyError, OSError, AssertionError) as exc:
             await self.fail(conn, f"setting up again: {exc}")
 
+    def close_timeout(self) -> float:
+        """How long a node may take to close the computation: its cleanup function's time, if it has one."""
+        cleanup = self.cluster.setup_timeout if self.cluster._pkg.computation.cleanup else 0.0
+        return self.cluster.config.msg_timeout + cleanup
+
+    def shutdown_timeout(self) -> float:
+        """The most ``close_all`` takes: the cancels of running jobs answered, then the close."""
+        return self.cluster.config.msg_timeout + self.close_timeout()
+
     async def close_all(self, terminate: bool) -> None:
-        """The cluster closes: close the computation on every node set up, drop the others."""
-        closers = []
+        """The cluster closes: close the computation on every node set up, drop the others. A node that does
+        not confirm in time (frozen, cut off) is dropped, with the reason logged: closing never hangs on it."""
+        closers: dict[asyncio.Task[Any], NodeConn] = {}
         for conn in list(self.nodes.values()):
             if conn.state in (READY, CLOSING):
                 self.queue_op(conn, lambda conn=conn: self.close_op(conn, True, terminate))  # type: ignore[misc]
                 assert conn.op is not None
-                closers.append(conn.op)
+                closers[conn.op] = conn
             else:
-                closers.append(self.driver.spawn(self.release(conn, notify=False, reason="cluster closed")))
-        if closers:
-            await asyncio.wait(closers, timeout=self.cluster.setup_timeout + self.cluster.config.msg_timeout)
+                closers[self.driver.spawn(self.release(conn, notify=False, reason="cluster closed"))] = conn
+        if not closers:
+            return
+        limit = self.shutdown_timeout()
+        _, late = await asyncio.wait(list(closers), timeout=limit)
+        for task in late:
+            conn = closers[task]
+            task.cancel()
+            reason = f"did not confirm closing the computation within {limit:g} s (frozen or cut off?)"
+            log.warning("node %s (%s) %s; dropped without it", conn.node.key, conn.node.name, reason)
+            conn.node.reason = reason
+            await self.release(conn, notify=True, reason=reason)
 
     def computation_lost(self, conn: NodeConn) -> None:
         """The node closed the computation on its own (its host process died): set it up again there."""

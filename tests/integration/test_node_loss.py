@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 import dispy
 from dispy_core.testing.nodes import NodeProcess, free_base_port
 from dispy_core.testing.waiting import wait_for
@@ -148,3 +150,25 @@ def test_a_dead_computation_host_is_set_up_again_and_no_job_is_lost(node_factory
         assert [job.status for job in jobs if job is not None] == [dispy.DispyJob.Finished] * 20
         assert [p.pid for p in hosts()] != [host.pid]  # a new host runs the computation
         assert "its client sets it up again" in node.log()
+
+
+def test_closing_with_a_frozen_node_returns_within_the_message_timeout_and_says_why(
+        node_factory: Callable[..., NodeProcess], caplog: pytest.LogCaptureFixture) -> None:
+    import signal
+
+    node = node_factory("--cpus", "1")
+    cluster = dispy.JobCluster(nap, nodes=[dispy.NodeAllocate("127.0.0.1", port=node.port)], msg_timeout=2)
+    try:
+        job = cluster.submit(30)
+        assert job is not None
+        wait_for(lambda: job.status == dispy.DispyJob.Running, timeout=30)
+        node.proc.send_signal(signal.SIGSTOP)  # frozen: the connection stays up, nothing answers
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="dispy"):
+            assert cluster.close(timeout=0.5, terminate=True) is False
+        assert time.monotonic() - started < 15  # msg_timeout bounds it (it took 42 s before)
+        assert job.status in (dispy.DispyJob.Cancelled, dispy.DispyJob.Terminated, dispy.DispyJob.Abandoned)
+        assert "did not answer ComputationClose within 2" in caplog.text, caplog.text
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+        cluster.close(terminate=True)
