@@ -135,6 +135,9 @@ class JobOutcome:
     exception: str = ""
     start_time: float = 0.0
     end_time: float = 0.0
+    lost: bool = False
+    """The job's process went down with the computation's host: it did not end by itself (``exception`` says
+    why). The client then treats the job as lost with a node, not as failed."""
 
 
 class ExecutorEvents(Protocol):

@@ -175,6 +175,10 @@ class ClientDriver:
                 job.start_time = msg.start_time
         elif isinstance(msg, m.JobProvisional):
             self.feed(ev.ProvisionalArrived(msg.job_uid, key, msg))
+        elif isinstance(msg, m.JobLost):
+            log.warning("job %s was running on node %s when the computation's host there died: %s", msg.job_uid,
+                        conn.node.ip_addr, msg.reason)
+            self.feed(ev.JobLost(msg.job_uid, key, msg.reason, time.time()))
         elif isinstance(msg, m.JobRefused):
             log.debug("node %s refused job %s: %s", conn.node.ip_addr, msg.job_uid, msg.reason)
             self.feed(ev.Refused(msg.job_uid, key, _refusal_reason(msg), time.time()))

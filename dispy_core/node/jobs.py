@@ -70,7 +70,9 @@ class JobRunner:
                 self._start(comp, instruction)
             elif isinstance(instruction, ev.SendResult):
                 outcome = self._outcomes.get((instruction.comp_id, instruction.uid))
-                if comp is not None and outcome is not None:
+                if comp is not None and outcome is not None and outcome.lost:
+                    comp.channel.send_nowait(m.JobLost(instruction.comp_id, instruction.uid, outcome.exception))
+                elif comp is not None and outcome is not None:
                     self.server.recovery.result_ready(comp, m.JobResult(
                         instruction.comp_id, instruction.uid, int(outcome.status), outcome.result, outcome.stdout,
                         outcome.stderr, outcome.exception, outcome.start_time, outcome.end_time))

@@ -314,6 +314,17 @@ class JobsRecovered(Message):
     error: str = ""
 
 
+@message(39)
+@dataclass(frozen=True, slots=True)
+class JobLost(Message):
+    """The job was running when its computation's host process died (OOM killer, a job killing its parent):
+    it did not end by itself, so the client treats it as lost with a node (``reentrant``, ``allowed_failures``)."""
+
+    comp_id: str
+    job_uid: int
+    reason: str
+
+
 # --------------------------------------------------------------------------- files (40-49)
 @message(40)
 @dataclass(frozen=True, slots=True)

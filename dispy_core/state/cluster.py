@@ -334,27 +334,7 @@ class ClusterState:
     def _evict(self, node: NodeRecord, why: str, out: Out, notify: bool = True) -> None:
         """The node is gone: recover its jobs, cancel those pinned to it, tell the scheduler and program."""
         self.scheduler.node_removed(node.node_id)
-        requeue: list[JobRecord] = []
-        for record in node.in_flight.values():
-            if record.cancelling:
-                self._final(record, JobEvent.CANCELLED, out, f"Cancelled ({why})")
-            elif record.pinned is not None:  # cannot run elsewhere
-                self._final(record, JobEvent.NODE_LOST_ABANDON if not record.waiting else JobEvent.CANCELLED,
-                            out, why)
-            elif record.waiting:  # never started there: nothing to recover, it runs elsewhere
-                record.waiting = False
-                self._move(record, JobEvent.NODE_LOST_RESUBMIT, out)
-                requeue.append(record)
-            elif self._lost_too_often(record):
-                self._final(record, JobEvent.NODE_LOST_ABANDON, out,
-                            f"{why}; its node was lost while running it {_times(record.losses)}, so it is not "
-                            f"resubmitted again (allowed_failures={self.allowed_failures})")
-            elif self._resubmit(record, "node-lost"):
-                self._move(record, JobEvent.NODE_LOST_RESUBMIT, out)
-                requeue.append(record)
-            else:
-                self._final(record, JobEvent.NODE_LOST_ABANDON, out, why)
-            record.node_id = None  # after the decision: dispy_recover sees the job's node
+        requeue = [record for record in node.in_flight.values() if self._lost(record, why, out)]
         node.in_flight.clear()
         for record in reversed(requeue):  # ahead of newer jobs, in their order
             self.pending.appendleft(record.uid)
@@ -363,6 +343,40 @@ class ClusterState:
         node.pinned.clear()
         if notify:
             out.append(ev.NotifyNode(node.node_id, NodeStatus.Closed))
+
+    def _lost(self, record: JobRecord, why: str, out: Out) -> bool:
+        """A job in flight at a node that is gone (or whose host died): its fate; True to queue it again."""
+        requeue = False
+        if record.cancelling:
+            self._final(record, JobEvent.CANCELLED, out, f"Cancelled ({why})")
+        elif record.pinned is not None:  # cannot run elsewhere
+            self._final(record, JobEvent.NODE_LOST_ABANDON if not record.waiting else JobEvent.CANCELLED, out, why)
+        elif record.waiting:  # never started there: nothing to recover, it runs elsewhere
+            record.waiting = False
+            self._move(record, JobEvent.NODE_LOST_RESUBMIT, out)
+            requeue = True
+        elif self._lost_too_often(record):
+            self._final(record, JobEvent.NODE_LOST_ABANDON, out,
+                        f"{why}; its node was lost while running it {_times(record.losses)}, so it is not "
+                        f"resubmitted again (allowed_failures={self.allowed_failures})")
+        elif self._resubmit(record, "node-lost"):
+            self._move(record, JobEvent.NODE_LOST_RESUBMIT, out)
+            requeue = True
+        else:
+            self._final(record, JobEvent.NODE_LOST_ABANDON, out, why)
+        record.node_id = None  # after the decision: dispy_recover sees the job's node
+        return requeue
+
+    def _job_lost(self, event: ev.JobLost, out: Out) -> None:
+        record = self._at(event.uid, event.node_id)
+        if record is None:
+            return
+        node = self.nodes[event.node_id]
+        del node.in_flight[event.uid]
+        if self._lost(record, f"lost on node {event.node_id}: {event.reason}", out):
+            self.pending.appendleft(record.uid)
+        self._slot_freed(node, out)
+        self._dispatch(out)
 
     def _lost_too_often(self, record: JobRecord) -> bool:
         record.losses += 1
@@ -489,6 +503,7 @@ class ClusterState:
         ev.ResultArrived: _result,
         ev.ProvisionalArrived: _provisional,
         ev.Refused: _refused,
+        ev.JobLost: _job_lost,
         ev.SendFailed: _send_failed,
         ev.CancelAsked: _cancel,
         ev.ClusterClosing: _cluster_closing,

@@ -17,8 +17,8 @@ from dispy_core.status import JobStatus, NodeStatus, RefusalReason
 
 __all__ = [
     "CancelAsked", "CloseNode", "ClusterClosing", "ClusterEvent", "ClusterInstruction", "CompClosed",
-    "CompClosing", "CompOpened", "CompReady", "DiscoveryDone", "JobArrived", "JobCancelAsked", "JobEnded", "JobStarted",
-    "JobSubmitted", "KillJob", "NodeAllocation", "NodeCapacity", "NodeClosing", "NodeCpus", "NodeEvent",
+    "CompClosing", "CompOpened", "CompReady", "DiscoveryDone", "JobArrived", "JobCancelAsked", "JobEnded", "JobLost",
+    "JobStarted", "JobSubmitted", "KillJob", "NodeAllocation", "NodeCapacity", "NodeClosing", "NodeCpus", "NodeEvent",
     "NodeInstruction", "NodeLost", "NodeReady", "NoUsableNode", "NodeReleased", "NotifyJob", "NotifyNode",
     "ProvisionalArrived", "Refused", "RefuseJob", "ReportCancelled", "ResultArrived", "SendCancel", "SendFailed",
     "SendJobs", "SendResult", "StartJob", "TerminateRunning", "Tick",
@@ -135,6 +135,17 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
+class JobLost:
+    """The job's process went down with its computation's host on that node (OOM killer, a job killing its
+    parent): for this job, as if the node were lost; the node itself stays."""
+
+    uid: int
+    node_id: str
+    reason: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
 class SendFailed:
     """A job (or its files) could not be delivered to its node."""
 
@@ -177,7 +188,7 @@ class Tick:
 
 
 ClusterEvent = (JobSubmitted | DiscoveryDone | NodeReady | NodeCpus | NodeAllocation | NodeClosing | NodeLost
-                | NodeReleased | JobStarted | ResultArrived | ProvisionalArrived | Refused | SendFailed
+                | NodeReleased | JobStarted | ResultArrived | ProvisionalArrived | Refused | JobLost | SendFailed
                 | CancelAsked | ClusterClosing | NoUsableNode | Tick)
 
 

@@ -195,7 +195,7 @@ class _HostLink(asyncio.SubprocessProtocol):
                     if os.getpgid(pid) == pid:  # our jobs lead their own group; anything else is not ours
                         proctree.kill_tree(pid)
             self._notify(self.events.job_done, uid,
-                         JobOutcome(status=JobStatus.Terminated, exception=reason))
+                         JobOutcome(status=JobStatus.Terminated, exception=reason, lost=True))
 
     def _kill(self) -> None:
         if self.pid and not self.gone.done():

@@ -144,12 +144,39 @@ def test_a_dead_computation_host_is_set_up_again_and_no_job_is_lost(node_factory
         [host] = hosts()
         host.kill()  # as the OOM killer would
         host.wait(10)
-        time.sleep(2.0)  # noticed within 1 s; a job sent to a host dying meanwhile would end Terminated
+        time.sleep(2.0)  # noticed within 1 s (jobs sent meanwhile: the test after this one)
         jobs = [cluster.submit(0.01) for _ in range(20)]
         assert cluster.wait(timeout=90)
         assert [job.status for job in jobs if job is not None] == [dispy.DispyJob.Finished] * 20
         assert [p.pid for p in hosts()] != [host.pid]  # a new host runs the computation
         assert "its client sets it up again" in node.log()
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_a_job_running_when_its_host_dies_is_lost_with_it_not_failed(node_factory: Callable[..., NodeProcess],
+                                                                     reentrant: bool) -> None:
+    """Reentrant: resubmitted (and finishes); otherwise Abandoned with the reason, as with a lost node. It
+    ended Terminated either way before, and jobs sent while the host was dying did too."""
+    import psutil
+
+    node = node_factory("--cpus", "1")
+    with dispy.JobCluster(nap, nodes=["127.0.0.1"], dispy_port=node.base_port, reentrant=reentrant) as cluster:
+        wait_for(lambda: cluster.status()["nodes"], timeout=30)
+        victim = cluster.submit(1.5)
+        assert victim is not None
+        wait_for(lambda: victim.status == dispy.DispyJob.Running, timeout=30)
+        time.sleep(0.3)  # really running in a job process of the host
+        [host] = [p for p in psutil.Process(node.proc.pid).children()
+                  if any("executor_host.host" in part for part in p.cmdline())]
+        host.kill()
+        others = [cluster.submit(0.01) for _ in range(20)]  # at once: sent while the host is dying
+        assert cluster.wait(timeout=90)
+        if reentrant:
+            assert victim.status == dispy.DispyJob.Finished and victim.result == 1.5
+        else:
+            assert victim.status == dispy.DispyJob.Abandoned
+            assert "computation host process" in str(victim.exception), victim.exception
+        assert [job.status for job in others if job is not None] == [dispy.DispyJob.Finished] * 20
 
 
 def test_closing_with_a_frozen_node_returns_within_the_message_timeout_and_says_why(

@@ -18,6 +18,7 @@ from dispy_core.state.events import (
     CloseNode,
     ClusterClosing,
     DiscoveryDone,
+    JobLost,
     JobStarted,
     JobSubmitted,
     NodeAllocation,
@@ -609,3 +610,22 @@ def test_no_usable_node_ends_waiting_and_new_jobs_until_a_node_is_ready() -> Non
     state.handle(NodeReady("a", 1, T))  # a node after all: jobs run again
     assert submitted(state, 4) == [NotifyJob(4, Created, None), running(4), SendJobs("a", (4,))]
     assert state.handle(NoUsableNode(why, T)) == []  # ignored while a node is usable
+
+
+def test_a_job_lost_with_its_host_goes_elsewhere_when_reentrant_and_the_node_stays() -> None:
+    state = one_cpu_node_with_jobs(3, reentrant=True)
+    out = state.handle(JobLost(1, "a", "the computation host process killed by signal SIGKILL", T))
+    # back in front of the queue, and sent again at once: its slot is free, the node stays usable
+    assert out == [NotifyJob(1, Created, Running), SendJobs("a", (1,))]
+    assert list(state.pending) == [3] and state.jobs[1].losses == 1 and state.jobs[1].node_id == "a"
+    assert state.handle(JobLost(1, "b", "late, from another node", T)) == []
+
+
+def test_a_job_lost_with_its_host_is_abandoned_when_not_reentrant_or_lost_too_often() -> None:
+    state = one_cpu_node_with_jobs(2)
+    out = state.handle(JobLost(1, "a", "host died", T))
+    assert out[0] == NotifyJob(1, Abandoned, Running, "lost on node a: host died")
+    assert "a" in state.nodes and 1 not in state.jobs
+    state = one_cpu_node_with_jobs(2, reentrant=True, allowed_failures=1)
+    out = state.handle(JobLost(1, "a", "host died", T))
+    assert out[0].status == Abandoned and "allowed_failures=1" in str(out[0].reason)
