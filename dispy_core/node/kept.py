@@ -62,6 +62,19 @@ class KeptResults:
         self.dropped: dict[int, str] = {}
         """Results that could not be kept, and why (told to ``recover_jobs``)."""
 
+    @classmethod
+    def found_on_disk(cls, directory: Path, budget: DiskBudget) -> KeptResults:
+        """What an earlier run of the node left in ``directory`` (a node restarted after its client died)."""
+        kept = cls(directory, budget)
+        for path in directory.glob("*.result"):
+            try:
+                uid, size = int(path.stem), path.stat().st_size
+            except (ValueError, OSError):
+                continue
+            budget.used += size
+            kept.on_disk[uid] = size
+        return kept
+
     def __len__(self) -> int:
         return len(self.sent) + len(self.on_disk)
 

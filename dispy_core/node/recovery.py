@@ -6,16 +6,22 @@ to disk (``node/kept.py``). ``recover_jobs`` then takes it over on a new connect
 and gets every kept result, then the others as their jobs end. A detached computation nobody takes
 over is closed after the zombie interval. A client that does not keep a recover file gets the old
 behaviour: its jobs are terminated when its connection ends.
+
+Results kept on disk outlive the node process: a node stopped or restarted meanwhile finds them at start
+(*orphans*: no computation any more, only results), serves them to ``recover_jobs`` and removes them
+when recovered or older than the keeping time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from typing import TYPE_CHECKING
 
 from dispy_core.channel import Channel, _fmt
+from dispy_core.node.kept import KEPT_DIR, KeptResults
 from dispy_core.protocol import messages as m
 
 if TYPE_CHECKING:
@@ -32,9 +38,39 @@ class Recovery:
 
     def __init__(self, server: NodeServer) -> None:
         self.server = server
+        self.orphans: dict[str, KeptResults] = {}
+        """Results of computations from before this node process started, by computation id."""
+        self.orphan_owner: dict[str, Channel] = {}
+
+    def find_orphans(self) -> None:
+        """At start: results an earlier run kept for vanished clients; expired ones are removed."""
+        root = self.server.dest_path_prefix / KEPT_DIR
+        if not root.is_dir():
+            return
+        limit = time.time() - self.keep_minutes * 60.0
+        for directory in root.iterdir():
+            try:
+                expired = directory.stat().st_mtime < limit
+            except OSError:
+                continue
+            if directory.is_symlink() or not directory.is_dir():
+                directory.unlink(missing_ok=True)  # not ours: only folders are made here
+                continue
+            if expired:
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            kept = KeptResults.found_on_disk(directory, self.server.kept_budget)
+            if kept.on_disk:
+                self.orphans[directory.name] = kept
+                log.info("kept results of %d jobs of computation %s, from before this node started, wait for "
+                         "recover_jobs", len(kept.on_disk), directory.name)
+            else:
+                kept.clear()
 
     def connection_ended(self, channel: Channel) -> None:
         """The client's connection ended: detach what it may recover, terminate the rest."""
+        for comp_id in [c for c, owner in self.orphan_owner.items() if owner is channel]:
+            del self.orphan_owner[comp_id]  # recover_jobs went away before it was done: they stay
         for comp in [c for c in self.server.computations.values() if c.channel is channel]:
             if comp.kept is not None and not comp.closing:
                 comp.detached_at = time.time()
@@ -64,11 +100,16 @@ class Recovery:
         comp = self.server.computations.get(msg.comp_id)
         if comp is not None and comp.channel is channel and comp.kept is not None:
             comp.kept.acknowledged(msg.job_uids)
+        elif comp is None:
+            self.acknowledge_orphan(channel, msg)
 
     def take_over(self, channel: Channel, msg: m.JobsRecover) -> None:
         """``recover_jobs`` on ``channel``: the computation is its own from now on."""
         comp = self.server.computations.get(msg.comp_id)
         wanted = set(msg.job_uids)
+        if comp is None and msg.comp_id in self.orphans:
+            self._hand_over_orphan(channel, msg, wanted)
+            return
         if comp is None or comp.closing:
             channel.send_nowait(m.JobsRecovered(msg.req_id, msg.comp_id, False, unknown=sorted(wanted),
                                                 error="no such computation on this node (closed, or expired "
@@ -102,6 +143,35 @@ class Recovery:
                 if result is not None:
                     channel.send_nowait(result)
 
+    def _hand_over_orphan(self, channel: Channel, msg: m.JobsRecover, wanted: set[int]) -> None:
+        kept = self.orphans[msg.comp_id]
+        self.orphan_owner[msg.comp_id] = channel
+        kept.forget_except(wanted)
+        have = kept.uids() & wanted
+        unknown = wanted - have
+        log.info("results of computation %s, kept from before this node started, taken by recover_jobs from %s: "
+                 "%d results, %d unknown", msg.comp_id, _fmt(channel.peer), len(have), len(unknown))
+        channel.send_nowait(m.JobsRecovered(
+            msg.req_id, msg.comp_id, True, kept=sorted(have), unknown=sorted(unknown),
+            error="the node was restarted: jobs that had not finished before were lost with it" if unknown else ""))
+        for uid in sorted(have):
+            result = kept.load(uid)
+            if result is not None:
+                channel.send_nowait(result)
+
+    def close_orphan(self, channel: Channel, msg: m.ComputationClose) -> bool:
+        """``recover_jobs`` is done with an orphan: its results go. False if ``msg`` is not about one."""
+        if self.orphan_owner.get(msg.comp_id) is not channel:
+            return False
+        del self.orphan_owner[msg.comp_id]
+        self.orphans.pop(msg.comp_id).clear()
+        channel.send_nowait(m.ComputationClosed(msg.req_id, msg.comp_id))
+        return True
+
+    def acknowledge_orphan(self, channel: Channel, msg: m.ResultsAck) -> None:
+        if self.orphan_owner.get(msg.comp_id) is channel:
+            self.orphans[msg.comp_id].acknowledged(msg.job_uids)
+
     async def expire_loop(self, stopped: asyncio.Event) -> None:
         """Close detached computations nobody recovered within ``keep_minutes``."""
         limit = self.keep_minutes * 60.0
@@ -109,6 +179,11 @@ class Recovery:
         while not stopped.is_set():
             await asyncio.sleep(period)
             now = time.time()
+            for comp_id in list(self.orphans):
+                if comp_id not in self.orphan_owner and now - self.server.started_at >= limit:
+                    log.warning("kept results of computation %s not recovered within %g min; removed", comp_id,
+                                self.keep_minutes)
+                    self.orphans.pop(comp_id).clear()
             for comp in list(self.server.computations.values()):
                 if comp.detached_at is not None and now - comp.detached_at >= limit and not comp.closing:
                     log.warning("computation %s: not recovered within %g min of its client going away; closing "

@@ -132,6 +132,7 @@ class NodeServer:
         self.quitting = False
         self.clock: Callable[[], datetime] = clock or datetime.now
         self._served = 0
+        self.started_at = time.time()
         self._closing = 0
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -178,6 +179,7 @@ class NodeServer:
         if self.options.zombie_interval > 0:
             self._spawn(zombie_loop(self.options.zombie_interval * 60.0, lambda: self.channels, self._stopped,
                                     self._drop_zombie, self._spawn))
+        self.recovery.find_orphans()
         self._spawn(self.recovery.expire_loop(self._stopped))
         if self.options.init_file:
             log.info("--init %s runs in each computation's host process, before its setup",
@@ -231,8 +233,8 @@ class NodeServer:
         await self.executor.shutdown()
         for comp in list(self.computations.values()):
             self._remove_files(comp)
-            if comp.kept is not None:
-                comp.kept.clear()
+            if comp.kept is not None and (comp.detached_at is None or not comp.kept.on_disk):
+                comp.kept.clear()  # a vanished client's kept results stay, for recover_jobs (after a restart)
         self.computations.clear()
         for task in list(self._tasks):
             task.cancel()
@@ -391,7 +393,8 @@ class NodeServer:
         self.comps.setup(channel, msg)
 
     def _on_close(self, channel: Channel, msg: m.ComputationClose) -> None:
-        self.comps.close(channel, msg)
+        if msg.comp_id in self.computations or not self.recovery.close_orphan(channel, msg):
+            self.comps.close(channel, msg)
 
     def _on_file(self, channel: Channel, msg: m.FileChunk) -> None:
         self.comps.file(channel, msg)

@@ -151,3 +151,21 @@ def test_a_client_that_comes_back_replaces_its_lost_instance(node_factory: Calla
     wait_for(lambda: len(finals) == 10, timeout=10)
     assert set(finals.values()) == {1}
     assert len(node.log().split("closed after")) == 3  # the old instance and the new one, nothing left open
+
+
+def test_results_kept_on_disk_outlive_a_node_restart(node_factory: Callable[..., NodeProcess],
+                                                     tmp_path: Path) -> None:
+    """Starting a node never deletes results a crashed client could still recover (system.md)."""
+    node = node_factory("--cpus", "1", secret=SECRET)
+    recover_file, _ = crash_client(tmp_path, [node], jobs=2, kill_after=0, nap=0.5)
+    node.wait_log("went away", timeout=20)
+    time.sleep(2.0)  # the jobs at the node end meanwhile; their results go to disk
+    assert node.stop() == 0
+    again = node_factory("--cpus", "1", secret=SECRET, prefix=node.prefix, base_port=node.base_port)
+    assert "from before this node started" in again.log()
+    jobs = dispy.recover_jobs(str(recover_file), timeout=10)
+    done = [job for job in jobs if job.status == dispy.DispyJob.Finished]
+    assert done and all(job.result == (job.id - 1) ** 2 for job in done)
+    assert all(job.status == dispy.DispyJob.Abandoned for job in jobs if job not in done)
+    again.wait_log("taken by recover_jobs", timeout=10)
+    assert not list((node.prefix / ".dispy-kept-results").glob("*/*.result"))  # released: gone
