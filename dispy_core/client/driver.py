@@ -50,6 +50,8 @@ class ClientDriver:
         self.life = NodeLife(self)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.recover_log = cluster._recover_log
+        self._last_uid = (0, 0)  # the last job submitted, and the last one the recover file knows of
+        self._new_ids: list[tuple[int, Any]] = []  # (uid, id) of jobs submitted with an id, not yet recorded
         self._acks: collections.deque[tuple[str, int]] = collections.deque()
         """(node, job uid) of results the program has for good: told to their nodes at the next tick."""
 
@@ -81,7 +83,15 @@ class ClientDriver:
             now = time.time()
             self.feed(ev.Tick(now))
             self.life.tick(now)
+            self._record_submitted()
             self.send_acks()
+
+    def _record_submitted(self) -> None:
+        last, known = self._last_uid
+        if self.recover_log is not None and last != known:
+            self.recover_log.submitted(last, self._new_ids)
+            self._last_uid = (last, last)
+            self._new_ids = []
 
     def send_acks(self) -> None:
         """Let nodes forget the results the program has for good (they keep each until then)."""
@@ -105,6 +115,9 @@ class ClientDriver:
 
     def submit(self, job: DispyJob) -> None:
         self.jobs[job._uid] = job
+        self._last_uid = (max(self._last_uid[0], job._uid), self._last_uid[1])
+        if self.recover_log is not None and job.id != job._uid:
+            self._new_ids.append((job._uid, job.id))
         self.feed(ev.JobSubmitted(job._uid, job.submit_time or time.time(), job._pinned))
 
     def _recover(self, job: JobView, failure: str) -> str | None:
@@ -117,8 +130,9 @@ class ClientDriver:
     # ------------------------------------------------------------------ sending
     def _send_jobs(self, send: ev.SendJobs) -> None:
         conn = self.life.nodes.get(send.node_id)
-        if self.recover_log is not None and conn is not None:
-            self.recover_log.sent(send.node_id, send.uids)  # before they leave: a crash right after loses nothing
+        if self.recover_log is not None and conn is not None:  # before they leave: a crash right after loses nothing
+            self._record_submitted()
+            self.recover_log.sent(send.node_id, send.uids)
         for uid in send.uids:
             job = self.jobs[uid]
             if conn is None or conn.channel is None:

@@ -54,6 +54,12 @@ async def _recover(record: RecoverRecord, timeout: float | None, terminate: bool
     results = await asyncio.gather(*(node.recover(k, uids, deadline, terminate)
                                      for k, uids in record.pending.items() if uids))
     jobs = [job for group in results for job in group]
+    for uid in record.unsent:
+        job = DispyJob(uid, (), {})
+        _NodeRecovery._abandon({uid: job}, "the client died before sending the job to any node: submit it again")
+        jobs.append(job)
+    for job in jobs:
+        job.id = record.ids.get(job._uid, job._uid)
     record.rewrite()
     jobs.sort(key=lambda job: job._uid)
     return jobs

@@ -3,6 +3,8 @@
 One line of JSON first (the computation, where its key and certificates are), then one line per
 event, appended and written through at once (a killed process loses nothing it wrote)::
 
+    N <job uid>                       jobs 1 to uid were submitted (written with each send and each second)
+    J <job uid> <JSON id>             the job's ``id``, when the program set one (``submit_job_id``)
     S <node ip:port> <job uid> ...    jobs sent to that node (a later S for a job supersedes)
     D <job uid>                       the job's final status reached the program
 
@@ -78,6 +80,18 @@ class RecoverLog:
                         "cluster's jobs", target, exc)
             return None
 
+    def submitted(self, last_uid: int, ids: list[tuple[int, Any]]) -> None:
+        """Jobs up to ``last_uid`` were submitted; ``ids``: the program's own ids of some (``submit_job_id``),
+        kept when they are plain values (as JSON, never pickled). One write for all."""
+        lines = []
+        for uid, job_id in ids:
+            if isinstance(job_id, int | float | str) and not isinstance(job_id, bool):
+                text = json.dumps(job_id)
+                if len(text) <= 200:
+                    lines.append(f"J {uid} {text}\n")
+        lines.append(f"N {last_uid}\n")
+        self._write("".join(lines))
+
     def sent(self, node_key: str, uids: list[int] | tuple[int, ...]) -> None:
         if uids:
             self._write(f"S {node_key} {' '.join(map(str, uids))}\n")
@@ -117,6 +131,10 @@ class RecoverRecord:
     path: str
     header: dict[str, Any]
     pending: dict[str, set[int]] = field(default_factory=dict)
+    """By node: the jobs sent there that the program did not have."""
+    unsent: set[int] = field(default_factory=set)
+    """Jobs submitted and never sent to a node: they died with the client."""
+    ids: dict[int, Any] = field(default_factory=dict)
 
     @property
     def comp_id(self) -> str:
@@ -135,6 +153,9 @@ class RecoverRecord:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(json.dumps({"dispy_recover": FORMAT, **self.header}, sort_keys=True) + "\n")
             for key, uids in self.pending.items():
+                for uid in sorted(uids):
+                    if uid in self.ids:
+                        handle.write(f"J {uid} {json.dumps(self.ids[uid])}\n")
                 if uids:
                     handle.write(f"S {key} {' '.join(map(str, sorted(uids)))}\n")
         os.replace(temp, self.path)
@@ -154,21 +175,30 @@ def read_recover_file(path: str) -> RecoverRecord:
     if not isinstance(header, dict) or header.get("dispy_recover") != FORMAT or "comp_id" not in header:
         raise DispyError(f"{path} is not a dispy recover file (of format {FORMAT})")
     where: dict[int, str] = {}
+    done: set[int] = set()
+    ids: dict[int, Any] = {}
+    last = 0
     for number, line in enumerate(lines[1:], start=2):
-        parts = line.split()
+        parts = line.split(maxsplit=2) if line.startswith("J ") else line.split()
         try:
             if parts and parts[0] == "S" and len(parts) >= 3:
                 for uid in map(int, parts[2:]):
                     where[uid] = parts[1]
             elif parts and parts[0] == "D" and len(parts) == 2:
                 where.pop(int(parts[1]), None)
+                done.add(int(parts[1]))
+            elif parts and parts[0] == "N" and len(parts) == 2:
+                last = max(last, int(parts[1]))
+            elif parts and parts[0] == "J" and len(parts) == 3:
+                ids[int(parts[1])] = json.loads(parts[2])
             elif parts:
                 raise ValueError(line)
         except ValueError:
             if number == len(lines):  # the last line, cut short by the crash
                 break
             raise DispyError(f"{path}, line {number}: not a recover record: {line[:80]!r}") from None
-    record = RecoverRecord(path, header)
+    record = RecoverRecord(path, header, ids=ids)
     for uid, key in where.items():
         record.pending.setdefault(key, set()).add(uid)
+    record.unsent = set(range(1, last + 1)) - done - set(where)
     return record

@@ -111,6 +111,8 @@ class ClientProgram:
     events: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
     done: int = 0
     noise: list[str] = field(default_factory=list)
+    delivered: list[dict[str, Any]] = field(default_factory=list)
+    """Every ``done`` event: the final results the program had."""
 
     def start(self) -> ClientProgram:
         argv = [sys.executable, "-u", str(CLIENT_PROGRAM), json.dumps(self.config)]
@@ -150,8 +152,11 @@ class ClientProgram:
                 continue
             if event["event"] == "done":
                 self.done += 1
+                self.delivered.append(event)
                 if done is not None:
                     continue
+            if event["event"] == "eof" and name == "eof":
+                return event
             if event["event"] == "eof":
                 raise AssertionError(f"client program ended (exit {self.proc.wait(5)}) before {name!r}:\n"
                                      f"{tail(self.log_path)}\n{self.noise[-10:]}")

@@ -11,15 +11,18 @@ The session ends with the table (``python -m pytest tests/faults -q``).
 
 from __future__ import annotations
 
+import json
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faultlab import SECRET, ClientProgram, FaultNode, Outcome, judge, results_per_node, tail
+from faultlab import SECRET, ClientProgram, FaultNode, Outcome, expected_result, judge, results_per_node, tail
 
+from dispy_core.status import JobStatus
 from dispy_core.testing.netns import Lab, loss_tool
 
 JOBS = 100
@@ -33,7 +36,8 @@ Record = Callable[[Outcome], None]
 
 
 def launch(lab: Lab, tmp_path: Path, nodes: int, *, reentrant: bool, pulse_interval: float | None = None,
-           before_client: Callable[[list[FaultNode]], None] | None = None) -> tuple[list[FaultNode], ClientProgram]:
+           before_client: Callable[[list[FaultNode]], None] | None = None,
+           recover_file: Path | None = None) -> tuple[list[FaultNode], ClientProgram]:
     """Start ``nodes`` dispynodes and the client program; return once the program has every node."""
     started = [FaultNode(lab.add_host(f"n{i}"), f"n{i}", tmp_path / f"n{i}", tmp_path / f"n{i}.log").spawn()
                for i in range(nodes)]
@@ -43,7 +47,8 @@ def launch(lab: Lab, tmp_path: Path, nodes: int, *, reentrant: bool, pulse_inter
         before_client(started)
     config = {"nodes": [[node.host.addr, node.port] for node in started], "secret": SECRET,
               "reentrant": reentrant, "pulse_interval": pulse_interval,
-              "pause": PAUSE, "max_runtime": 200, "ready_timeout": 60}
+              "pause": PAUSE, "max_runtime": 200, "ready_timeout": 60,
+              "recover_file": str(recover_file) if recover_file else None}
     client = ClientProgram(lab.add_host("client"), tmp_path / "client.log", config).start()
     assert client.expect("ready", 90)["ok"], f"the client program did not get every node:\n{tail(client.log_path)}"
     return started, client
@@ -198,13 +203,58 @@ def test_computation_host_process_killed(lab: Lab, tmp_path: Path, record_outcom
              [node], client)
 
 
-# ==================================================================================================
-# 8. RESERVED: client SIGKILL, then dispy.recover_jobs(recover_file, timeout, terminate_pending).
-#
-# To be written by the engineer building ``recover_file`` / ``dispy.recover_jobs``; recovery is not
-# implemented here. The harness already has what it needs: ``launch`` (nodes + client program in their
-# namespaces), ``ClientProgram.proc`` (SIGKILL it by pid once ``client.expect("done", ..., done=N)``
-# returns), ``judge``/``conclude`` (lost / duplicated counts and the table row). The recovering side would
-# be a second program (or a ``recover`` command in client_program.py) run in the client's namespace that
-# calls ``dispy.recover_jobs(recover_file, timeout, terminate_pending)`` and reports the recovered jobs.
-# ==================================================================================================
+# ------------------------------------------------------------------- 8. client SIGKILL, then recover_jobs
+RECOVER = """
+import json, sys
+import dispy
+jobs = dispy.recover_jobs(sys.argv[1], timeout=60)
+print(json.dumps([[job.id, int(job.status), job.result, str(job.exception or "")] for job in jobs]))
+"""
+
+
+@pytest.mark.timeout(150)
+def test_client_killed_then_recover_jobs(lab: Lab, tmp_path: Path, record_outcome: Record) -> None:
+    """Two nodes; the client program dies (SIGKILL) holding its 20th result. The nodes keep its jobs running
+    and their results; ``dispy.recover_jobs`` run afterwards in the client's namespace returns every job the
+    program did not have (each exactly once), and the nodes are released."""
+    started = time.monotonic()
+    recover_file = tmp_path / "_dispy_fault_matrix"
+    nodes, client = launch(lab, tmp_path, 2, reentrant=False, recover_file=recover_file)
+    client.send(cmd="die_after", count=FAULT_AFTER)
+    client.send(cmd="submit", first=0, count=JOBS)
+    client.expect("eof", 60)
+    killed = time.monotonic()
+    assert client.proc.wait(10) == -signal.SIGKILL
+    delivered = {event["id"]: event for event in client.delivered}
+    recovering = client.host.run(sys.executable, "-c", RECOVER, str(recover_file), timeout=120)
+    assert recovering.returncode == 0, recovering.stderr[-3000:]
+    recovered = json.loads(recovering.stdout.strip().splitlines()[-1])
+    took = time.monotonic() - killed
+
+    ids = [job_id for job_id, *_ in recovered]
+    duplicated = len(ids) - len(set(ids)) + len(set(ids) & set(delivered))
+    finished = {job_id: result for job_id, status, result, _ in recovered if status == JobStatus.Finished}
+    unsent = {job_id for job_id, status, _, why in recovered
+              if status == JobStatus.Abandoned and "before sending the job to any node" in why}
+    problems = [f"job {n}: wrong result {finished[n]}" for n in finished if finished[n] != expected_result(n)]
+    problems += [f"job {n}: delivered with {event['result']}" for n, event in delivered.items()
+                 if event["status"] != JobStatus.Finished or event["result"] != expected_result(n)]
+    problems += [f"job {job_id}: {JobStatus(status).name} ({why})" for job_id, status, _, why in recovered
+                 if job_id not in finished and job_id not in unsent]
+    missing = set(range(JOBS)) - set(delivered) - set(ids)
+    problems += [f"job {n}: neither delivered nor recovered" for n in sorted(missing)]
+    lost = len(problems)
+    record_outcome(Outcome("8. client SIGKILL at its 20th result, then recover_jobs (2 nodes)", JOBS, lost,
+                           duplicated, len(unsent), None, None, None, None, time.monotonic() - started,
+                           f"delivered {len(delivered)}, recovered {len(finished)}",
+                           f"recover_jobs took {took:.1f} s; {len(unsent)} never sent (died with the client)"))
+    context = "\n".join(problems[:15]) + f"\n--- client log:\n{tail(client.log_path, 25)}"
+    assert lost == 0, context
+    assert duplicated == 0, context
+    assert len(delivered) == FAULT_AFTER - 1  # the 20th died with the program: it must come back
+    assert finished, "nothing was in flight when the client died: the scenario did not test what it says"
+    for node in nodes:
+        log = node.log_path.read_text(errors="replace")
+        assert "went away; its jobs go on" in log, tail(node.log_path)
+        assert "closed after" in log.split("went away")[-1], tail(node.log_path)  # released by recover_jobs
+    assert not recover_file.exists()

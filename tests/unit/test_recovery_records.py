@@ -103,3 +103,16 @@ def test_an_unreadable_kept_result_is_dropped_not_loaded(tmp_path: Path) -> None
     (tmp_path / "c1" / "1.result").write_bytes(b"\xff" * 20)
     assert kept.load(1) is None
     assert 1 in kept.dropped and kept.uids() == set()
+
+
+def test_jobs_submitted_and_never_sent_come_back_with_the_programs_ids(tmp_path: Path) -> None:
+    log = RecoverLog(str(tmp_path / "_dispy_1"), {"comp_id": "c1"})
+    log.submitted(3, [(1, "first"), (3, 30), (2, object())])  # an id that is not a plain value is not kept
+    log.sent("h:1", [1])
+    log.submitted(5, [])
+    log.done(4)
+    log.close(remove=False)
+    record = read_recover_file(log.path)
+    assert record.pending == {"h:1": {1}}
+    assert record.unsent == {2, 3, 5}
+    assert record.ids == {1: "first", 3: 30}
