@@ -256,7 +256,8 @@ class Outcome:
         detect = "-" if self.detect is None else f"{self.detect:.2f} s ({self.detect_how})"
         rejoined = "-" if self.rejoined is None else f"{self.rejoined:.1f} s"
         return [self.scenario, str(self.jobs), str(self.lost), str(self.duplicated), str(self.abandoned_expected),
-                detect, "-" if self.wait_returned is None else str(self.wait_returned), rejoined, self.per_node, f"{self.seconds:.0f} s", self.note]
+                detect, "-" if self.wait_returned is None else str(self.wait_returned), rejoined, self.per_node,
+                f"{self.seconds:.0f} s", self.note]
 
 
 def format_table(outcomes: list[Outcome]) -> str:
