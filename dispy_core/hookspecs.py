@@ -83,7 +83,7 @@ def dispy_make_discovery(config: Any) -> Any:
 
     Stops at the first non-None result.
 
-    Runs on: client | scheduler
+    Runs on: client | scheduler | node (which answers pings and announces itself)
     """
 
 

@@ -96,7 +96,8 @@ class NodeAddress:
 
 @runtime_checkable
 class Discovery(Protocol):
-    """Finds nodes: resolves explicit hosts now; broadcast / multicast in a later plugin version."""
+    """Finds nodes: resolves explicit hosts; a plugin that can also find nodes by pattern (broadcast,
+    multicast) has ``search(...)`` and, for the node's side, ``respond(...)`` (see the ``udp`` plugin)."""
 
     async def resolve(self, host: str, port: int) -> list[NodeAddress]:
         """Addresses for an explicit host name or IP; raises ConfigError for patterns it cannot serve."""

@@ -154,7 +154,7 @@ class DispyPluginManager:
 
 _ROLES_BY_SERVER_ROLE: dict[str, tuple[str, ...]] = {
     "client": ("transport", "discovery", "scheduler", "serializer", "extra"),
-    "node": ("transport", "serializer", "executor", "extra"),
+    "node": ("transport", "discovery", "serializer", "executor", "extra"),
     "scheduler": ("transport", "discovery", "scheduler", "serializer", "extra"),
     "relay": ("transport", "discovery", "extra"),
     "job": ("serializer",),

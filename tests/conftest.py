@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from dispy_core.testing.nodes import NodeProcess, start_node
+
+# Discovery in this process and its children stays on loopback unless a test says otherwise: nothing a
+# test does may broadcast or multicast on a real interface (tests of discovery run in network namespaces
+# and set DISPY_HOST there).
+os.environ.setdefault("DISPY_HOST", "127.0.0.1")
 
 
 @pytest.fixture

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from dispy_core.client.nodes import DispyNode, NodeAllocate, to_node_allocate
-from dispy_core.errors import ConfigError
 
 
 class NodeEntry:
@@ -37,15 +35,6 @@ def parse_nodes(items: Any, default_port: int) -> list[NodeEntry]:
 def is_plain(alloc: NodeAllocate) -> bool:
     """Says only where a node is: a wildcard's settings may then govern it."""
     return type(alloc) is NodeAllocate and not alloc.cpus and not alloc.depends and not alloc.setup_args
-
-
-def refuse_broadcast(entries: Iterable[NodeEntry], what: str) -> None:
-    """Patterns cannot be contacted directly: only broadcast (not implemented yet) could find them."""
-    patterns = [e.alloc.host for e in entries if e.alloc.is_pattern]
-    if patterns:
-        raise ConfigError(f"{what}: {patterns} would need discovery by broadcast, which is not implemented "
-                          f"yet; name nodes by host name or address (wildcards in the cluster's nodes list "
-                          f"still apply to the nodes so found)")
 
 
 def choose_alloc(entries: list[NodeEntry], ip_addr: str, port: int, name: str,

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from dispy_core.client.allocation import NodeEntry, parse_nodes, refuse_broadcast
+from dispy_core.client.allocation import NodeEntry, parse_nodes
 from dispy_core.client.computation import Package, file_depend, package
 from dispy_core.client.connections import CLOSED, CLOSING, CONNECTING, READY, SETUP
 from dispy_core.client.driver import ClientDriver
@@ -116,8 +116,10 @@ class JobCluster:
             env_nodes = os.environ.get("DISPY_NODES", "")
             nodes = [n.strip() for n in env_nodes.split(",") if n.strip()] or ["*"]
         self._entries: list[NodeEntry] = parse_nodes(nodes, self.node_port)
-        if all(e.alloc.is_pattern for e in self._entries):
-            refuse_broadcast(self._entries, "nodes")
+        self.client_port = public.port(public.ClientPort, dispy_port) if public else self.node_port - 1
+        self.ipv4_udp_multicast = bool(ipv4_udp_multicast)
+        self.multicast_groups = {"ipv4_group": getattr(public, "IPv4MulticastGroup", "239.255.97.5"),
+                                 "ipv6_group": getattr(public, "IPv6MulticastGroup", "ff05::674f:59")}
         self._pkg: Package = package(computation, list(depends or []), setup, cleanup, self.serializer)
         self._cleanup_files = cleanup is not False
         self.dest_path = dest_path
@@ -267,11 +269,15 @@ class JobCluster:
         """Contact the given hosts (names, addresses, NodeAllocate...) and set up those that match the
         cluster's nodes; waits until each was tried and returns how many are now usable.
 
-        ``'*'`` and other wildcards raise ConfigError: they need broadcast discovery, not implemented yet."""
+        Wildcards (``'*'``, ``'10.0.1.*'``) ping the nodes by broadcast (or multicast) and use those that
+        answer and match."""
         entries = parse_nodes(nodes, self.node_port)
-        refuse_broadcast(entries, "discover_nodes")
-        conns = self._run(self._life.discover(entries), self._op_timeout(), default=[])
+        conns = self._run(self._find(entries), self._op_timeout(), default=[])
         return sum(1 for conn in conns if conn.state == READY)
+
+    async def _find(self, entries: list[NodeEntry]) -> list[Any]:
+        named, found = await asyncio.gather(self._life.discover(entries), self._life.search(entries))
+        return [*named, *found]
 
     def allocate_node(self, node: Any) -> int:
         """Use ``node`` (name, address, DispyNode, NodeAllocate or wildcard) for this cluster: 0 if it is
@@ -382,7 +388,7 @@ class JobCluster:
     # ================================================================== loop side
     async def _discover_initial(self) -> None:
         self._driver.spawn(self._driver.tick())
-        await self._life.discover(self._entries)
+        await self._find(self._entries)
         self._discovered.set()
         self._driver.feed(ev.DiscoveryDone())
         if not any(c.state == READY for c in self._life.nodes.values()):

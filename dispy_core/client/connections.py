@@ -38,6 +38,9 @@ __all__ = ["CLOSED", "CLOSING", "CONNECTING", "FILE_CHUNK", "READY", "SETUP", "N
 FILE_CHUNK = 4 << 20
 PULSES_MISSED = 5
 """With ``pulse_interval``, a node from which nothing arrives for this many pulses is lost (the original's rule)."""
+SEARCH_PINGS, SEARCH_WAIT = 3, 1.5
+"""A search pings this many times (a lost datagram must not hide a node) over this many seconds, then the
+cluster counts what answered (late nodes still join when heard)."""
 WARN_FIRST, WARN_MAX = 5.0, 300.0
 """Seconds until the first WARNING that no node is usable yet (after the ERROR at start), and the most
 between two; the interval doubles."""
@@ -78,6 +81,8 @@ class NodeLife:
         self.named: dict[str, NodeEntry] = {}  # nodes the program named (ip:port, or host:port unresolved)
         self.no_node_declared = False
         self._next_warning = (0.0, WARN_FIRST)  # when to say again that no node is usable, and the step
+        self.patterns: list[NodeEntry] = []  # wildcard entries: nodes found by discovery that match one are used
+        self.searcher: Any = None  # the discovery plugin's search, once a pattern asked for one
 
     # ------------------------------------------------------------------ finding nodes
     async def discover(self, entries: list[NodeEntry]) -> list[NodeConn]:
@@ -114,6 +119,67 @@ class NodeLife:
         if pending:
             await asyncio.wait(pending)
         return conns
+
+    async def search(self, entries: list[NodeEntry]) -> list[NodeConn]:
+        """Find the nodes the patterns among ``entries`` stand for: ping, and use each node that answers (or
+        announces itself later) and matches a pattern; wait ``SEARCH_WAIT`` s for answers, then until each
+        node that answered was tried."""
+        new = [e for e in entries if e.alloc.is_pattern and e not in self.patterns]
+        if not new and not any(e.alloc.is_pattern for e in entries):
+            return []
+        self.patterns.extend(new)
+        if self.searcher is None and not await self._start_search():
+            return []
+        before = set(self.nodes)
+        for _ in range(SEARCH_PINGS):
+            self.searcher.ping()
+            await asyncio.sleep(SEARCH_WAIT / SEARCH_PINGS)
+        found = [conn for key, conn in self.nodes.items() if key not in before]
+        pending = [c.op for c in found if c.op is not None and not c.op.done()]
+        if pending:
+            await asyncio.wait(pending)
+        if not found and not any(c.state == READY for c in self.nodes.values()):
+            log.warning("cluster %s: no node answered discovery (%s); still listening", self.cluster.name,
+                        self.searcher.describe())
+        return found
+
+    async def _start_search(self) -> bool:
+        cluster = self.cluster
+        if not hasattr(cluster.discovery, "search"):
+            self.record_failure("*", f"discovery plugin {getattr(cluster.discovery, 'name', '?')} cannot search "
+                                     f"for nodes by pattern; name the nodes")
+            return False
+        host = cluster.host or os.environ.get("DISPY_HOST", "")
+        hosts = [h for h in (host if isinstance(host, list | tuple) else [host]) if h]
+        self.searcher = cluster.discovery.search(
+            secret=cluster.secret, node_port=cluster.node_port, client_port=cluster.client_port,
+            on_found=self._found, name=cluster.name, hosts=hosts, ipv4_multicast=cluster.ipv4_udp_multicast,
+            **cluster.multicast_groups)
+        try:
+            await self.searcher.start()
+        except OSError as exc:
+            self.record_failure("*", f"cannot search for nodes: {exc}")
+            self.searcher = None
+            return False
+        return True
+
+    def _found(self, ip_addr: str, port: int, name: str) -> None:
+        """A node answered a ping or announced itself: use it if a pattern matches and it is not in use."""
+        key = f"{ip_addr}:{port}"
+        if self.cluster._closed or key in self.nodes:
+            return
+        entry = next((e for e in self.patterns if e.alloc.matches(ip_addr, name) and e.alloc.port in (None, port)),
+                     None)
+        if entry is None:
+            log.debug("node %s (%s) found, but no pattern of cluster %s matches it", key, name, self.cluster.name)
+            return
+        log.debug("node %s (%s) found by discovery", key, name)
+        self.named[key] = entry  # tried again like a named node if it fails
+        self.reconnect.forget(key)
+        conn = NodeConn(self.records.get(key) or DispyNode(ip_addr, port), entry)
+        conn.node.name = conn.node.name or name
+        self.nodes[key] = conn
+        conn.op = self.driver.spawn(self._start_node(conn))
 
     async def _start_node(self, conn: NodeConn) -> None:
         node, cluster = conn.node, self.cluster
@@ -409,6 +475,9 @@ class NodeLife:
     async def close_all(self, terminate: bool) -> None:
         """The cluster closes: close the computation on every node set up, drop the others. A node that does
         not confirm in time (frozen, cut off) is dropped, with the reason logged: closing never hangs on it."""
+        if self.searcher is not None:
+            self.searcher.close()
+            self.searcher = None
         closers: dict[asyncio.Task[Any], NodeConn] = {}
         for conn in list(self.nodes.values()):
             if conn.state in (READY, CLOSING):
@@ -476,8 +545,10 @@ class NodeLife:
 
     def _no_usable_node(self, now: float) -> None:
         why = "; ".join(f"{key}: {reason}" for key, reason in self.failed.items()) or "no node answered"
+        if self.searcher is not None:
+            why += f"; discovery: {self.searcher.describe()}"
         limit = self.cluster.first_node_timeout
-        for_good = self.reconnect.all_permanent(set(self.named))
+        for_good = self.searcher is None and self.reconnect.all_permanent(set(self.named))
         timed_out = limit is not None and not self.records and now - self.cluster._start_time >= limit
         if (for_good or timed_out) and not self.no_node_declared:
             self.no_node_declared = True

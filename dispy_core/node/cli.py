@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -24,7 +26,7 @@ DEFAULT_DISPY_PORT = 9700
 
 log = logging.getLogger("dispy.node")
 
-NOT_IMPLEMENTED = ("ext_host", "ipv4_udp_multicast", "scheduler_node", "ping_interval")
+NOT_IMPLEMENTED: tuple[str, ...] = ()
 """Options accepted so that old command lines still start; each logs that it has no effect yet."""
 
 
@@ -135,9 +137,16 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
             parser.error(f"--{option} {path!r} is not a readable file")
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")
-    if len(args.host) > 1:
-        parser.error("binding several --host addresses is not supported yet; give one")
-    if len(args.ext_host) > max(1, len(args.host)):
+    hosts = args.host or [h.strip() for h in os.environ.get("DISPY_HOST", "").split(",") if h.strip()]
+    for host in hosts:
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0].strip("[]"))
+        except ValueError:
+            try:
+                socket.getaddrinfo(host, None)
+            except (OSError, UnicodeError) as exc:
+                parser.error(f"--host {host!r} is neither an IP address nor a name that resolves: {exc}")
+    if len(args.ext_host) > max(1, len(hosts)):
         parser.error("--ext_host is paired with --host by position: give at most one per --host")
     try:
         times = {name: parse_hhmm(getattr(args, f"service_{name}")) if getattr(args, f"service_{name}") else None
@@ -147,7 +156,10 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(str(exc))
     init_file = _check_init_file(args.init, parser) if args.init else ""
     secret = args.secret if args.secret is not None else os.environ.get("DISPY_SECRET", "")
-    return NodeOptions(host=args.host[0] if args.host else "", port=args.dispy_port + 1 if args.dispy_port else 0,
+    return NodeOptions(host=hosts[0] if hosts else "", hosts=hosts, ext_hosts=list(args.ext_host),
+                       ipv4_udp_multicast=args.ipv4_udp_multicast, ping_interval=args.ping_interval,
+                       scheduler_nodes=list(args.scheduler_node or []),
+                       port=args.dispy_port + 1 if args.dispy_port else 0,
                        cpus=args.cpus, name=args.name, dest_path_prefix=args.dest_path_prefix, secret=secret,
                        admin_secret=args.admin_secret or "", max_file_size=max_file_size,
                        msg_timeout=args.msg_timeout, clean=args.clean, serve=args.serve,

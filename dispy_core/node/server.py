@@ -51,7 +51,19 @@ class NodeOptions:
     """What ``dispynode`` is started with (see ``dispy_core.node.cli``)."""
 
     host: str = ""
+    """The first of ``hosts`` (empty: every address of the machine)."""
     port: int = 9701
+    hosts: list[str] = field(default_factory=list)
+    """Addresses to bind (``-i``, repeatable); none: all, IPv4 and IPv6."""
+    ext_hosts: list[str] = field(default_factory=list)
+    """Addresses to announce instead, paired with ``hosts`` by position (``--ext_host``, for NAT)."""
+    discoverable: bool = True
+    """Answer discovery pings and announce the node (UDP on the node port)."""
+    ipv4_udp_multicast: bool = False
+    ping_interval: float | None = None
+    """Seconds between announcements while running (None: only at start)."""
+    scheduler_nodes: list[str] = field(default_factory=list)
+    """``--scheduler_node``: announced to until it connects."""
     cpus: int = 0
     name: str = ""
     dest_path_prefix: str = ""
@@ -118,7 +130,9 @@ class NodeServer:
             raise ConfigError(f"executor.max_jobs_per_process must be an integer of at least 1, not {limit!r}")
         self.max_jobs_per_process = limit  # 1: every job in a fresh process, whatever clients ask
         self.name = options.name or socket.gethostname()
-        self.host = options.host or default_host()
+        self.bind_hosts = list(options.hosts) or ([options.host] if options.host else [])
+        self.host = (options.ext_hosts or self.bind_hosts or [default_host()])[0]
+        """The address this node gives as its own (NodeInfo, jobs' ``dispy_node_ip_addr``)."""
         prefix = options.dest_path_prefix or os.path.join(
             os.environ.get("TMPDIR", "/tmp"), f"dispy-node-{os.getuid() if hasattr(os, 'getuid') else 0}")
         self.dest_path_prefix = Path(prefix).resolve()
@@ -126,6 +140,7 @@ class NodeServer:
         self.computations: dict[str, HostedComputation] = {}
         self.channels: set[Channel] = set()
         self.listener: Listener | None = None
+        self.listeners: list[Listener] = []
         self.address: tuple[str, int] = (self.host, options.port)
         self.accepting = True  # the console's stop / start
         self.service_state = ServiceState.OPEN
@@ -169,8 +184,14 @@ class NodeServer:
         psutil.cpu_percent(interval=None)  # prime the CPU meter
         if self.options.service.active:
             self.apply_service_state()  # a window already closed refuses the very first job
-        self.listener = await self.transport.listen(self.host, self.options.port, self._serve)
-        host, port = self.address = self.listener.address
+        port = self.options.port
+        self.listeners.clear()
+        for bind in self.bind_hosts or [""]:  # "": every address, IPv4 and IPv6
+            listener = await self.transport.listen(bind, port, self._serve)
+            port = port or listener.address[1]  # the others on the port the first one got
+            self.listeners.append(listener)
+        self.listener = self.listeners[0]
+        host, port = self.address = (self.host, self.listener.address[1])
         tls = " with TLS" if self.config.certfile else ""
         log.info("dispynode %s serving %d CPUs at %s%s (executor %s, files under %s)", self.name, self.cpus,
                  _fmt((host, port)), tls, self.executor.name, self.dest_path_prefix)
@@ -181,10 +202,52 @@ class NodeServer:
                                     self._drop_zombie, self._spawn))
         self.recovery.find_orphans()
         self._spawn(self.recovery.expire_loop(self._stopped))
+        if self.options.discoverable:
+            self._start_discovery(port)
         if self.options.init_file:
             log.info("--init %s runs in each computation's host process, before its setup",
                      self.options.init_file)
         return host, port
+
+    def served_addresses(self, port: int) -> list[tuple[str, int]]:
+        """Where clients can reach this node: each bound address (its ``--ext_host`` if given), or, bound to
+        every address, each usable address of the machine (loopback only when there is nothing else)."""
+        if self.options.ext_hosts:
+            return [(host, port) for host in self.options.ext_hosts]
+        if self.bind_hosts:
+            return [(host, port) for host in self.bind_hosts]
+        found: list[tuple[str, int]] = []
+        loopback: list[tuple[str, int]] = []
+        for addrs in psutil.net_if_addrs().values():
+            for addr in addrs:
+                if addr.family not in (socket.AF_INET, socket.AF_INET6):
+                    continue
+                ip = addr.address.split("%", 1)[0]
+                if ip.startswith("fe80:"):
+                    continue  # link-local: needs a scope a peer cannot know
+                (loopback if ip in ("127.0.0.1", "::1") or ip.startswith("127.") else found).append((ip, port))
+        return found or loopback
+
+    def _start_discovery(self, port: int) -> None:
+        discovery = self.plugins.make_discovery()
+        if not hasattr(discovery, "respond"):
+            log.info("discovery plugin %s does not answer pings: this node can only be named",
+                     getattr(discovery, "name", "?"))
+            return
+        from dispy import config as public  # the original's ports and groups (DispyPort - 1 is the client's)
+
+        scheduler_nodes = []
+        for spec in self.options.scheduler_nodes:
+            host, _, sport = spec.rpartition(":") if spec.count(":") == 1 else (spec, "", "")
+            scheduler_nodes.append((host or spec, int(sport) if sport.isdigit() else port - 1))
+        responder = discovery.respond(
+            secret=self.options.secret, name=self.name, node_port=port, client_port=port - 1,
+            addrs=self.served_addresses(port), hosts=self.bind_hosts, cpus=lambda: self.avail_cpus,
+            ping_interval=self.options.ping_interval, ipv4_multicast=self.options.ipv4_udp_multicast,
+            ipv4_group=public.IPv4MulticastGroup, ipv6_group=public.IPv6MulticastGroup,
+            scheduler_nodes=scheduler_nodes,
+            connected_from=lambda ip: any(c.peer and c.peer[0] == ip for c in self.channels))
+        self._spawn(responder.run())
 
     def _clean_prefix(self) -> None:
         for child in self.dest_path_prefix.iterdir():
@@ -226,8 +289,8 @@ class NodeServer:
     async def stop(self) -> None:
         """Stop accepting, end every job and computation, leave no process behind."""
         self._stopped.set()
-        if self.listener is not None:
-            await self.listener.close()
+        for listener in self.listeners:
+            await listener.close()
         for channel in list(self.channels):
             await channel.close("node stopping")
         await self.executor.shutdown()

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 import dispy
-from dispy_core.errors import ConfigError
 from dispy_core.testing.nodes import NodeProcess, free_base_port
 from dispy_core.testing.waiting import wait_for
 
@@ -295,8 +294,7 @@ def test_wildcards_apply_to_listed_and_discovered_nodes(node_factory: Factory) -
         specific = dispy.NodeAllocate("127.0.0.1", port=third.port, cpus=1)
         assert cluster.discover_nodes([specific]) == 1  # settings of its own: used as given
         assert sorted(n.name for n in cluster.status()["nodes"]) == ["second", "third"]
-        with pytest.raises(ConfigError, match="broadcast"):
-            cluster.discover_nodes(["*"])
+        assert cluster.discover_nodes(["*"]) == 0  # pings loopback (DISPY_HOST): nobody on the default port
         assert cluster.submit_node("first", 0) is None  # not in the cluster: refused at once
         job = cluster.submit_node("second", 0)
         assert job is not None and job(timeout=20) == "second"
@@ -317,11 +315,18 @@ def test_discover_nodes_uses_wildcard_settings(node_factory: Factory) -> None:
         assert found == {"listed": 2, "later": 1}  # the plain address got the wildcard's cpus=1
 
 
-def test_only_wildcards_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="broadcast"):
-        dispy.JobCluster(double, nodes=["127.0.0.*"])
-    with pytest.raises(ConfigError, match="broadcast"):
-        dispy.JobCluster(double, nodes="*")
+def test_wildcards_alone_find_nodes_by_discovery(node_factory: Factory) -> None:
+    """On loopback (DISPY_HOST): a ping by unicast to 127.0.0.1, answered by the node's discovery port."""
+    node = node_factory("--name", "found-me")
+    with dispy.JobCluster(double, nodes="*", dispy_port=node.base_port) as cluster:
+        wait_for(lambda: cluster.status()["nodes"], timeout=20)
+        assert [n.name for n in cluster.status()["nodes"]] == ["found-me"]
+        job = cluster.submit(21)
+        assert job is not None and job(timeout=30) == 42
+    with dispy.JobCluster(double, nodes=["10.99.*"], dispy_port=node.base_port, first_node_timeout=3) as cluster:
+        job = cluster.submit(1)  # the node answers, but the pattern does not match it: not used
+        assert job is not None and job(timeout=30) is None and job.status == dispy.DispyJob.Abandoned
+        assert "discovery: pinged 127.0.0.1" in str(job.exception), job.exception
 
 
 def test_status_never_says_discovery_ended_before_its_nodes_show(node: NodeProcess) -> None:

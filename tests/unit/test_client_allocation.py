@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 
-from dispy_core.client.allocation import choose_alloc, is_plain, parse_nodes, refuse_broadcast
+from dispy_core.client.allocation import choose_alloc, is_plain, parse_nodes
 from dispy_core.client.nodes import DispyNode, NodeAllocate
-from dispy_core.errors import ConfigError
 
 
 class Custom(NodeAllocate):
@@ -49,12 +48,6 @@ def test_wildcard_matches_names_too() -> None:
     entries = parse_nodes([NodeAllocate("worker-*", cpus=2)], 9701)
     assert choose_alloc(entries, "10.0.0.1", 9701, "worker-7", None) is entries[0].alloc
     assert choose_alloc(entries, "10.0.0.1", 9701, "db-1", None) is None
-
-
-def test_refuse_broadcast() -> None:
-    refuse_broadcast(parse_nodes(["host"], 1), "nodes")
-    with pytest.raises(ConfigError, match=r"\['\*'\].*broadcast"):
-        refuse_broadcast(parse_nodes(["*"], 1), "discover_nodes")
 
 
 def test_default_allocate() -> None:

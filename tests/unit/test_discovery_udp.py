@@ -83,8 +83,8 @@ def test_localhost_resolves_to_loopback() -> None:
 
 
 @pytest.mark.parametrize("host", ["*", "192.168.1.*", "10.*.*.*"])  # safe: refused, nothing sent
-def test_wildcard_is_refused_clearly(host: str) -> None:
-    with pytest.raises(ConfigError, match=r"broadcast/wildcard \('\*'\) is not implemented yet; list nodes"):
+def test_a_pattern_is_not_resolved_it_is_searched_for(host: str) -> None:
+    with pytest.raises(ConfigError, match=r"is a pattern: it is found by search\(\), not resolved"):
         run(UdpDiscovery().resolve(host, 51348))
 
 

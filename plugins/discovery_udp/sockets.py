@@ -1,0 +1,69 @@
+"""UDP sockets for discovery, and the asyncio protocol that hands their datagrams on (shared by both ends)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import Callable
+
+from dispy_plugins.discovery_udp.interfaces import Interface
+
+__all__ = ["Receiver", "join_groups", "udp_socket"]
+
+
+def udp_socket(family: int, port: int, shared: bool) -> socket.socket:
+    """A non-blocking UDP socket bound to every address on ``port`` (0: any port); ``shared``: several
+    processes of one host may bind the port (clients all hear announcements, nodes on other addresses)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(("0.0.0.0" if family == socket.AF_INET else "::", port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def join_groups(sock: socket.socket, group: str, interfaces: list[Interface]) -> list[str]:
+    """Join ``group`` on each interface; the names of those where it worked."""
+    joined = []
+    for iface in interfaces:
+        try:
+            if iface.family == socket.AF_INET:
+                request = socket.inet_aton(group) + socket.inet_aton(iface.address)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, request)
+            else:
+                request = socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", iface.index)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, request)
+            joined.append(iface.name)
+        except OSError:
+            continue
+    return joined
+
+
+class Receiver(asyncio.DatagramProtocol):
+    """Passes each datagram to ``on_datagram(data, (ip, port))``; errors of the socket are not fatal."""
+
+    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self.on_datagram = on_datagram
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.on_datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        """An ICMP error for an earlier send (nobody listening there): nothing to do."""
