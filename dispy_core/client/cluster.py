@@ -196,8 +196,8 @@ class JobCluster:
         if job_id is not None:
             job.id = job_id
         try:
-            job._payload = self.serializer.dumps((args, kwargs))
-            job._files = [(d.path, d.relpath) for d in (file_depend(os.fspath(p)) for p in job_depends)]
+            job._payload, job_paths = self._pkg.pack_job(args, kwargs, job_depends, self.serializer)
+            job._files = [(d.path, d.relpath) for d in (file_depend(os.fspath(p)) for p in job_paths)]
         except (SerializationError, ValueError, TypeError) as exc:
             log.warning("job %s not submitted: %s", uid, exc)
             return None

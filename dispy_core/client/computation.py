@@ -5,13 +5,16 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import reprlib
 import sys
 import textwrap
 import types
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispy_core import jobargs
 from dispy_core.computation import Computation
+from dispy_core.errors import SerializationError
 from dispy_core.interfaces import Serializer
 
 
@@ -51,6 +54,11 @@ class Package:
     def source_modules(self) -> dict[str, str]:
         """The modules the source needs: name in the function's globals -> module name."""
         return dict(self.computation.options.get("source_modules", {}))
+
+    def pack_job(self, args: tuple[Any, ...], kwargs: dict[str, Any], depends: Any,
+                 serializer: Serializer) -> tuple[bytes, list[str]]:
+        """A job of this computation: its argument bytes and the paths of its own files (see :func:`pack_job`)."""
+        return pack_job(self.kind, args, kwargs, depends, serializer)
 
 
 def file_depend(path: str) -> FileDepend:
@@ -112,27 +120,81 @@ def portable_source(fn: Any, source: str) -> dict[str, str] | None:
     return modules
 
 
-def split_depends(depends: list[Any], serializer: Serializer) -> tuple[bytes, list[FileDepend]]:
-    """Files and modules become files; functions, classes and instances travel by value as code."""
+def sort_depends(depends: list[Any]) -> tuple[list[Any], list[str]]:
+    """``(code objects, file paths)``: paths stay paths, modules become their source files (built-in ones
+    need nothing), functions, classes and instances travel by value as code."""
     code_objects: list[Any] = []
-    files: list[FileDepend] = []
+    paths: list[str] = []
     for dep in depends or []:
         if isinstance(dep, str | os.PathLike):
-            files.append(file_depend(os.fspath(dep)))
+            paths.append(os.fspath(dep))
         elif isinstance(dep, types.ModuleType):
             module_file = getattr(dep, "__file__", None)
             if not module_file or not module_file.endswith(".py"):
                 if dep.__name__ in sys.builtin_module_names or module_file is None:
                     continue  # built in: present on every node
                 raise ValueError(f"module {dep.__name__} has no Python source to send ({module_file})")
-            files.append(file_depend(module_file))
+            paths.append(module_file)
         elif callable(dep) or inspect.isclass(dep) or hasattr(dep, "__dict__"):
             code_objects.append(dep)
         else:
-            raise ValueError(f"cannot send dependency {dep!r}: give a file path, module, function, "
+            raise ValueError(f"cannot send dependency {reprlib.repr(dep)}: give a file path, module, function, "
                              f"class or instance")
+    return code_objects, paths
+
+
+def split_depends(depends: list[Any], serializer: Serializer) -> tuple[bytes, list[FileDepend]]:
+    """Files and modules become files; functions, classes and instances travel by value as code."""
+    code_objects, paths = sort_depends(depends)
+    files = [file_depend(path) for path in paths]
     depends_code = serializer.dumps_code(code_objects) if code_objects else b""
     return depends_code, files
+
+
+def pack_job(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], depends: Any,
+             serializer: Serializer) -> tuple[bytes, list[str]]:
+    """A job's argument bytes (:mod:`dispy_core.jobargs`) and the paths of the files it sends first.
+
+    ``depends`` are its ``dispy_job_depends``, in the format of a computation's ``depends``. Its code
+    rides in the argument bytes; its Python files are also named there (as modules), so that a job
+    process that runs further jobs forgets them after this one. Raises ValueError or SerializationError
+    naming the element at fault.
+    """
+    if not isinstance(depends, list | tuple):
+        raise ValueError(f"dispy_job_depends must be a list (of file paths, modules, functions, classes or "
+                         f"instances), not {type(depends).__name__}")
+    try:
+        code_objects, paths = sort_depends(list(depends))
+    except ValueError as exc:
+        raise ValueError(f"dispy_job_depends: {exc}") from None
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"dispy_job_depends: {path!r} is not a readable file")
+    if code_objects and kind == "program":
+        raise ValueError(f"dispy_job_depends of a program computation may hold only files and modules, not "
+                         f"{reprlib.repr(code_objects[0])}")
+    if kind == "program":
+        return jobargs.pack(serializer, args, kwargs), paths
+    modules = [os.path.basename(path)[:-3] for path in paths if path.endswith(".py")]
+    return jobargs.pack(serializer, args, kwargs, dumps_job_code(code_objects, serializer), modules), paths
+
+
+def dumps_job_code(code_objects: list[Any], serializer: Serializer) -> bytes:
+    """The objects as one ``dumps_code`` (shared references stay shared); on failure, the error names the
+    first object that cannot be sent, not the whole list."""
+    if not code_objects:
+        return b""
+    try:
+        return serializer.dumps_code(code_objects)
+    except SerializationError as exc:
+        for obj in code_objects:
+            try:
+                serializer.dumps_code([obj])
+            except SerializationError as one:
+                reason = one.__cause__ or one
+                raise SerializationError(f"dispy_job_depends element {reprlib.repr(obj)} cannot be sent: "
+                                         f"{type(reason).__name__}: {reason}") from one
+        raise SerializationError(f"dispy_job_depends cannot be sent: {exc}") from exc
 
 
 def package(computation: Any, depends: list[Any], setup: Any, cleanup: Any, serializer: Serializer) -> Package:
