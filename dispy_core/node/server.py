@@ -131,7 +131,7 @@ class NodeServer:
         self.max_jobs_per_process = limit  # 1: every job in a fresh process, whatever clients ask
         self.name = options.name or socket.gethostname()
         self.bind_hosts = list(options.hosts) or ([options.host] if options.host else [])
-        self.host = (options.ext_hosts or self.bind_hosts or [default_host()])[0]
+        self.host = (options.ext_hosts or self.bind_hosts or [self._own_address()])[0]
         """The address this node gives as its own (NodeInfo, jobs' ``dispy_node_ip_addr``)."""
         prefix = options.dest_path_prefix or os.path.join(
             os.environ.get("TMPDIR", "/tmp"), f"dispy-node-{os.getuid() if hasattr(os, 'getuid') else 0}")
@@ -208,6 +208,13 @@ class NodeServer:
             log.info("--init %s runs in each computation's host process, before its setup",
                      self.options.init_file)
         return host, port
+
+    def _own_address(self) -> str:
+        """Bound to every address: the routed one, else the first usable one (a host without a default route)."""
+        routed = default_host()
+        if routed != "127.0.0.1":
+            return routed
+        return self.served_addresses(0)[0][0] if self.served_addresses(0) else routed
 
     def served_addresses(self, port: int) -> list[tuple[str, int]]:
         """Where clients can reach this node: each bound address (its ``--ext_host`` if given), or, bound to

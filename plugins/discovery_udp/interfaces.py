@@ -1,9 +1,9 @@
 """Which interfaces discovery uses, chosen with psutil: up, with an address, never loopback by default.
 
-A broadcast goes to each chosen IPv4 interface's broadcast address (computed from the netmask when the
-interface has none set); multicast to the group, out of each chosen interface. Restricted to the
-interfaces holding ``hosts`` when given (the client's ``host=``, a node's ``-i``). A host on loopback
-only has no broadcast: loopback is then used by unicast (127.0.0.1), and said so.
+A broadcast goes to each chosen IPv4 interface's broadcast address (computed from its netmask);
+multicast to the group, out of each chosen interface. Restricted to the interfaces holding ``hosts``
+when given (the client's ``host=``, a node's ``-i``). A host on loopback only has no broadcast:
+loopback is then used by unicast (127.0.0.1), and said so.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def choose_interfaces(hosts: list[str] | None = None, ipv6: bool = False) -> lis
             if not any_address and ip not in wanted:
                 continue
             broadcast = ""
-            if family == socket.AF_INET:
-                broadcast = addr.broadcast or _broadcast_of(ip, addr.netmask)
+            if family == socket.AF_INET:  # from the netmask: psutil reports the address itself when none is set
+                broadcast = _broadcast_of(ip, addr.netmask)
             index = socket.if_nametoindex(name) if family == socket.AF_INET6 else 0
             found.append(Interface(name, ip, family, broadcast, index, parsed.is_loopback))
     if any_address:
