@@ -83,6 +83,7 @@ class NodeLife:
         self._next_warning = (0.0, WARN_FIRST)  # when to say again that no node is usable, and the step
         self.patterns: list[NodeEntry] = []  # wildcard entries: nodes found by discovery that match one are used
         self.searcher: Any = None  # the discovery plugin's search, once a pattern asked for one
+        self.unicast_targets: set[tuple[str, int]] = set()  # named hosts: searches ping them too (relays)
 
     # ------------------------------------------------------------------ finding nodes
     async def discover(self, entries: list[NodeEntry]) -> list[NodeConn]:
@@ -104,6 +105,7 @@ class NodeLife:
             for address in addresses:
                 key = f"{address.ip_addr}:{address.port}"
                 self.named[key] = entry
+                self.unicast_targets.add((address.ip_addr, address.port))
                 self.reconnect.forget(key)  # named again: tried now
                 conn = self.nodes.get(key)
                 if conn is not None and conn.state == CLOSING and conn.op is not None:
@@ -132,6 +134,8 @@ class NodeLife:
             return []
         before = set(self.nodes)
         for _ in range(SEARCH_PINGS):
+            if hasattr(self.searcher, "unicast"):  # named hosts as they resolve
+                self.searcher.unicast.update(self.unicast_targets)
             self.searcher.ping()
             await asyncio.sleep(SEARCH_WAIT / SEARCH_PINGS)
         found = [conn for key, conn in self.nodes.items() if key not in before]

@@ -55,6 +55,9 @@ class NodeSearch:
         self._send6: asyncio.DatagramTransport | None = None
         self.v4: list[Interface] = []
         self.v6: list[Interface] = []
+        self.unicast: set[tuple[str, int]] = set()
+        """Hosts the program named: pinged directly too, so a ``dispynetrelay`` there passes the ping on to
+        its network (a node there just answers; it is in use already)."""
 
     async def start(self) -> None:
         opts = self.options
@@ -113,6 +116,11 @@ class NodeSearch:
             for iface in self.v6:
                 self._send(self._send6, data, (opts.ipv6_group, opts.node_port, 0, iface.index))
                 tried.append(f"[{opts.ipv6_group}%{iface.name}]:{opts.node_port}")
+        for host, port in sorted(self.unicast):
+            transport = self._send6 if ":" in host else self._send4
+            if transport is not None:
+                self._send(transport, data, (host, port))
+                tried.append(f"{host}:{port} (named: a relay there passes it on)")
         self.tried = tried
 
     @staticmethod
