@@ -78,6 +78,9 @@ class NodeSearch:
                 join_groups(listen6.get_extra_info("socket"), opts.ipv6_group, self.v6)
                 heard.append(f"[{opts.ipv6_group}]:{opts.client_port}")
         self.listening = ", ".join(heard) or "nothing (the client port is taken): replies to pings only"
+        if self.v4 and all(i.loopback for i in self.v4) and not opts.hosts:
+            log.warning("discovery: no network interface is up but loopback; only nodes on this machine can be "
+                        "found")
 
     async def _endpoint(self, family: int, port: int, shared: bool) -> asyncio.DatagramTransport | None:
         try:
