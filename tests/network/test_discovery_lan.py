@@ -67,3 +67,24 @@ def test_nodes_are_found_and_used_over_ipv6(lab: Lab, tmp_path: Path) -> None:
     outcome = run_client(client, {"host": client_v6}, want_nodes=2, jobs=10)  # discovery on IPv6 only
     assert outcome["found"] == [["n1", hosts[0][1]], ["n2", hosts[1][1]]], outcome["log"]
     assert [r[1] for r in outcome["results"]] == [n * n for n in range(10)]
+
+
+@pytest.mark.timeout(120)
+def test_a_node_started_after_the_client_announces_itself_and_is_used(lab: Lab, tmp_path: Path) -> None:
+    import json
+    import sys
+    import time
+
+    from lanhosts import CLIENT, SECRET, env_without_loopback_only
+
+    node_host, client = lab.add_host("n1"), lab.add_host("client")
+    proc = subprocess.Popen(client.argv(sys.executable, "-c", CLIENT, "{}", "1", "5", SECRET), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env_without_loopback_only())
+    time.sleep(3.0)  # the client's pings went unanswered
+    start_node(node_host, "late", tmp_path / "late")
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err[-3000:]
+    outcome = json.loads(out.strip().splitlines()[-1])
+    assert outcome["found"] == [["late", node_host.addr]], err
+    assert [r[1] for r in outcome["results"]] == [n * n for n in range(5)]
+    assert "no node answered discovery" in err  # said while waiting, with what it tried
