@@ -120,6 +120,20 @@ def portable_source(fn: Any, source: str) -> dict[str, str] | None:
     return modules
 
 
+def describe(obj: Any) -> str:
+    """How an error names a dependency: its kind and name, rather than a repr cut off in the middle."""
+    if isinstance(obj, types.ModuleType):
+        return f"module {obj.__name__}"
+    if inspect.isclass(obj):
+        return f"class {obj.__qualname__}"
+    if callable(obj) and isinstance(getattr(obj, "__qualname__", None), str):
+        return f"function {obj.__qualname__}"
+    text = reprlib.repr(obj)
+    if type(obj).__repr__ is object.__repr__ or len(text) > 60:  # an address tells the reader nothing
+        return f"a {type(obj).__qualname__} object"
+    return text
+
+
 def sort_depends(depends: list[Any]) -> tuple[list[Any], list[str]]:
     """``(code objects, file paths)``: paths stay paths, modules become their source files (built-in ones
     need nothing), functions, classes and instances travel by value as code."""
@@ -138,7 +152,7 @@ def sort_depends(depends: list[Any]) -> tuple[list[Any], list[str]]:
         elif callable(dep) or inspect.isclass(dep) or hasattr(dep, "__dict__"):
             code_objects.append(dep)
         else:
-            raise ValueError(f"cannot send dependency {reprlib.repr(dep)}: give a file path, module, function, "
+            raise ValueError(f"cannot send dependency {describe(dep)}: give a file path, module, function, "
                              f"class or instance")
     return code_objects, paths
 
@@ -172,7 +186,7 @@ def pack_job(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], depends: 
             raise ValueError(f"dispy_job_depends: {path!r} is not a readable file")
     if code_objects and kind == "program":
         raise ValueError(f"dispy_job_depends of a program computation may hold only files and modules, not "
-                         f"{reprlib.repr(code_objects[0])}")
+                         f"{describe(code_objects[0])}")
     if kind == "program":
         return jobargs.pack(serializer, args, kwargs), paths
     modules = [os.path.basename(path)[:-3] for path in paths if path.endswith(".py")]
@@ -192,7 +206,7 @@ def dumps_job_code(code_objects: list[Any], serializer: Serializer) -> bytes:
                 serializer.dumps_code([obj])
             except SerializationError as one:
                 reason = one.__cause__ or one
-                raise SerializationError(f"dispy_job_depends element {reprlib.repr(obj)} cannot be sent: "
+                raise SerializationError(f"dispy_job_depends element {describe(obj)} cannot be sent: "
                                          f"{type(reason).__name__}: {reason}") from one
         raise SerializationError(f"dispy_job_depends cannot be sent: {exc}") from exc
 

@@ -6,8 +6,11 @@ declared size and the node's ``--max_file_size`` before anything is written.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import IO
 
@@ -73,9 +76,12 @@ class ComputationFiles:
             entry[0].close()
 
     def job_done(self, job_uid: int) -> None:
-        """A job's own files (``dispy_job_depends``) go with it."""
+        """A job's own files (``dispy_job_depends``) go with it, and so does the bytecode Python cached for
+        those that are modules (else a later job's module of the same name and size could load it)."""
         for path in self._per_job.pop(job_uid, []):
             path.unlink(missing_ok=True)
+            if path.suffix == ".py":
+                _remove_bytecode(path)
 
     def remove(self, prefix: Path, remove_dir: bool) -> None:
         """Close what is half received; with ``remove_dir``, delete the directory (only under ``prefix``)."""
@@ -84,3 +90,15 @@ class ComputationFiles:
         self._open.clear()
         if remove_dir and self.work_dir.is_relative_to(prefix):
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def _remove_bytecode(source: Path) -> None:
+    """``__pycache__/<name>.<tag>*.pyc`` of a module file; ``__pycache__`` too once it is empty."""
+    tag = sys.implementation.cache_tag
+    cache = source.parent / "__pycache__"
+    if tag is None or cache.is_symlink() or not cache.is_dir():
+        return
+    for compiled in cache.glob(f"{glob.escape(source.stem)}.{tag}*.pyc"):
+        compiled.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        cache.rmdir()  # only if empty: the computation's own modules may have theirs there

@@ -462,7 +462,7 @@ class Host:
         channel = runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame, self.max_file_size)
         comp = info.computation
         runtime.serve_jobs(reader, channel, comp.kind, self.fn, comp.program, self.jobs_per_process, error,
-                           interrupted)
+                           interrupted, self.ns)
 
     # ------------------------------------------------------------------ the zygote (fork mode)
     def _start_zygote(self) -> None:

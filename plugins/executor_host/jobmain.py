@@ -33,6 +33,7 @@ def main() -> int:
     comp, n = info.computation, namespace.CompInfo.BLOBS
     serializer: Any = None
     fn: Any = None
+    ns: dict[str, Any] | None = None
     error, interrupted = "", False
     try:
         serializer = namespace.load_serializer(info)
@@ -49,7 +50,7 @@ def main() -> int:
     channel = runtime.JobChannel(ctl_out, serializer or pickle, info.work_dir, info.max_frame,
                                  limit if type(limit) is int and limit > 0 else 0)
     runtime.serve_jobs(reader, channel, comp.kind, fn, comp.program, namespace.jobs_per_process(info), error,
-                       interrupted)
+                       interrupted, ns)
     return 0
 
 

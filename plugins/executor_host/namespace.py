@@ -109,7 +109,7 @@ def rebind(fn: Any, ns: dict[str, Any]) -> Any:
     return new
 
 
-def _rebind_namespace(ns: dict[str, Any]) -> None:
+def rebind_namespace(ns: dict[str, Any]) -> None:
     """Re-bind by-value functions that ended up as values in ``ns`` (helpers the computation calls)."""
     for _ in range(4):  # merging a helper may bring in further helpers
         changed = False
@@ -130,9 +130,14 @@ def install_depends(comp: Computation, serializer: Any, ns: dict[str, Any]) -> l
     names an instance); an instance without a name is only kept alive (loading it already defined its
     class) and is not installed.
     """
-    if not comp.depends_code:
+    return install_depends_code(comp.depends_code, serializer, ns)
+
+
+def install_depends_code(depends_code: bytes, serializer: Any, ns: dict[str, Any]) -> list[Any]:
+    """:func:`install_depends` for code in that format from elsewhere (a job's own ``dispy_job_depends``)."""
+    if not depends_code:
         return []
-    items = serializer.loads(comp.depends_code)
+    items = serializer.loads(depends_code)
     kept = []
     for item in items if isinstance(items, list | tuple) else [items]:
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
@@ -175,7 +180,7 @@ def load_computation(comp: Computation, serializer: Any, ns: dict[str, Any]) -> 
     fn = rebind(fn, ns)
     if callable(fn) and getattr(fn, "__name__", None):
         ns.setdefault(fn.__name__, fn)
-    _rebind_namespace(ns)
+    rebind_namespace(ns)
     return fn
 
 

@@ -157,8 +157,12 @@ def _capped(text: str) -> bytes:
     return data
 
 
-def run_job(kind: str, fn: Any, program: str, args_blob: bytes, channel: JobChannel) -> None:
-    """Run one job and write its ``result`` frame; never raises (the caller exits right after)."""
+def run_job(kind: str, fn: Any, program: str, args_blob: bytes, channel: JobChannel,
+            ns: dict[str, Any] | None = None) -> None:
+    """Run one job and write its ``result`` frame; never raises (the caller exits right after).
+
+    ``ns`` is the computation's namespace, where a job's own depends go (default: ``__main__``'s).
+    """
     global _channel
     _channel = channel
     start = time.time()
@@ -166,7 +170,7 @@ def run_job(kind: str, fn: Any, program: str, args_blob: bytes, channel: JobChan
         if kind == "program":
             header, blobs = _run_program(program, args_blob, channel)
         else:
-            header, blobs = _run_function(fn, args_blob, channel)
+            header, blobs = _run_function(fn, args_blob, channel, ns)
     except BaseException as exc:  # a failure of dispy's own code: still report it
         header = {"ok": False, "exc": format_exception(exc, 0),
                   "interrupted": isinstance(exc, KeyboardInterrupt)}
@@ -204,7 +208,7 @@ def warm_up(channel: JobChannel) -> None:
 
 
 def serve_jobs(reader: Any, channel: JobChannel, kind: str, fn: Any, program: str, jobs: int,
-               error: str = "", interrupted: bool = False) -> None:
+               error: str = "", interrupted: bool = False, ns: dict[str, Any] | None = None) -> None:
     """Run up to ``jobs`` jobs, one at a time, as their ``run`` frames arrive; return at end of stream.
 
     ``jobs`` is the computation's ``jobs_per_process`` (1: a fresh process per job, the original's
@@ -223,7 +227,7 @@ def serve_jobs(reader: Any, channel: JobChannel, kind: str, fn: Any, program: st
         if error:
             report_failure(channel, error, interrupted)
         else:
-            run_job(kind, fn, program, frame[1][0], channel)
+            run_job(kind, fn, program, frame[1][0], channel, ns)
 
 
 def report_failure(channel: JobChannel, reason: str, interrupted: bool = False) -> None:
@@ -237,14 +241,19 @@ def _none(channel: JobChannel) -> bytes:
     return channel.serializer.dumps(None)
 
 
-def _run_function(fn: Any, args_blob: bytes, channel: JobChannel) -> tuple[dict[str, Any], list[bytes]]:
+def _run_function(fn: Any, args_blob: bytes, channel: JobChannel,
+                  ns: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[bytes]]:
     out, err = io.StringIO(), io.StringIO()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     ok, interrupted, exc_text, result_blob = True, False, "", b""
+    own: Any = None
     try:
         try:
-            args, kwargs = channel.serializer.loads(args_blob)
+            loaded = channel.serializer.loads(args_blob)
+            if type(loaded) is tuple and len(loaded) == 4:  # the job brings depends of its own (jobargs)
+                own, loaded = _install_own(loaded, channel, ns)
+            args, kwargs = loaded
             result = fn(*args, **kwargs)
         except KeyboardInterrupt as exc:
             ok, interrupted, exc_text = False, True, format_exception(exc)
@@ -259,10 +268,33 @@ def _run_function(fn: Any, args_blob: bytes, channel: JobChannel) -> tuple[dict[
                 exc_text = f"the job's result (a {kind} object) cannot be serialized: {exc}\n"
     finally:
         sys.stdout, sys.stderr = saved
+        if own is not None:  # after the result is serialized: it may be an instance of their classes
+            own.remove()
     if not ok:
         result_blob = _none(channel)
     return ({"ok": ok, "interrupted": interrupted, "exc": exc_text},
             [result_blob, _capped(out.getvalue()), _capped(err.getvalue())])
+
+
+def _install_own(loaded: tuple[Any, ...], channel: JobChannel, ns: dict[str, Any] | None) -> tuple[Any, Any]:
+    """Install a job's own depends (``dispy_job_depends``), then load its arguments: ``(what to remove
+    after the job, (args, kwargs))``. Imported here: only such jobs need it."""
+    from dispy_core.jobargs import job_depends
+    from dispy_plugins.executor_host import jobdepends
+
+    own = job_depends(loaded)
+    if own is None:
+        return None, loaded
+    target = ns if ns is not None else sys.modules["__main__"].__dict__
+    try:
+        installed = jobdepends.install(own, channel.serializer, target, channel.work_dir)
+    except Exception as exc:
+        raise RuntimeError(f"cannot install the job's dispy_job_depends: {type(exc).__name__}: {exc}") from exc
+    try:
+        return installed, channel.serializer.loads(own.inner)
+    except BaseException:
+        installed.remove()
+        raise
 
 
 def program_command(program: str, work_dir: str, args: list[str]) -> list[str]:
