@@ -128,10 +128,9 @@ def describe(obj: Any) -> str:
         return f"class {obj.__qualname__}"
     if callable(obj) and isinstance(getattr(obj, "__qualname__", None), str):
         return f"function {obj.__qualname__}"
-    text = reprlib.repr(obj)
-    if type(obj).__repr__ is object.__repr__ or len(text) > 60:  # an address tells the reader nothing
-        return f"a {type(obj).__qualname__} object"
-    return text
+    if type(obj).__repr__ is object.__repr__:  # an address tells the reader nothing
+        return f"an instance of {type(obj).__qualname__}"
+    return reprlib.repr(obj)
 
 
 def sort_depends(depends: list[Any]) -> tuple[list[Any], list[str]]:
