@@ -34,18 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dispynode", description="Run dispy jobs on this machine.")
     parser.add_argument("-c", "--cpus", type=int, default=0,
                         help="CPUs to serve: 0 = all, negative = all but that many")
-    parser.add_argument("-i", "--host", action="append", default=[], help="address to bind (repeatable)")
+    parser.add_argument("-i", "--host", action="append", default=[],
+                        help="address to bind (repeatable; default: $DISPY_HOST, else every address, IPv4 and IPv6)")
     parser.add_argument("--ext_host", action="append", default=[],
-                        help="address announced to peers, for NAT (accepted; not implemented yet)")
+                        help="address clients reach this node at, for NAT (repeatable, paired with -i by position)")
     parser.add_argument("-p", "--dispy_port", type=int, default=DEFAULT_DISPY_PORT,
                         help="base port; the node listens on this + 1 (default 9700 -> 9701)")
     parser.add_argument("--ipv4_udp_multicast", action="store_true",
-                        help="multicast instead of broadcast for discovery (accepted; not implemented yet)")
+                        help="answer and announce on the IPv4 multicast group instead of by broadcast")
     parser.add_argument("--name", default="", help="node name (default: host name)")
     parser.add_argument("--dest_path_prefix", default="", help="where computations' files live")
     parser.add_argument("--scheduler_node", "--scheduler_host", dest="scheduler_node", action="append",
-                        default=[], help="announce this node to that client or scheduler at start "
-                                         "(accepted; not implemented yet)")
+                        default=[], help="announce this node to that client or scheduler (HOST or HOST:PORT, "
+                                         "repeatable) until it connects")
     parser.add_argument("-s", "--secret", default=None,
                         help="shared secret clients must prove (default: $DISPY_SECRET or none)")
     parser.add_argument("--admin_secret", default=None, help="secret for admin operations (dispyadmin)")
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="minutes a client may stay silent (answering no ping) before it is presumed dead "
                              f"and its computations are closed (default {ZOMBIE_INTERVAL:g}; 0 = never)")
     parser.add_argument("--ping_interval", type=float, default=None,
-                        help="seconds between announcements while idle (accepted; not implemented yet)")
+                        help="announce this node every SEC seconds (default: only at start)")
     parser.add_argument("--serve", type=int, default=0,
                         help="serve this many computations, then quit (0 = no limit)")
     parser.add_argument("--client_shutdown", action="store_true",
