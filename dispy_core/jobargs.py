@@ -12,6 +12,8 @@ They are ``serializer.dumps`` of one of two tuples:
 The job's code rides with its arguments because only the job process needs it: the node never loads
 either, and neither the protocol nor the executors change. The arguments stay nested as bytes so that
 the job process installs the code first: they may be instances of the very classes it brings.
+Jobs without code or modules of their own keep the first shape, byte for byte; a node of an earlier
+version fails a job of the second shape (its arguments do not unpack) rather than running it without.
 """
 
 from __future__ import annotations
