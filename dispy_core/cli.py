@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dispy_core import __version__
@@ -37,6 +38,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for name in missing:
             print(f"  ! {name:<14} selected but NOT installed")
     print("(* = selected)")
+    secret = "set (DISPY_SECRET)" if os.environ.get("DISPY_SECRET") else \
+        "NOT set: clusters and nodes without --secret / secret= accept anyone who can reach them"
+    print(f"security: secret {secret}; TLS {'with ' + config.certfile if config.certfile else 'not configured'}")
     return 0
 
 

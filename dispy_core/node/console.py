@@ -145,6 +145,7 @@ def status_lines(server: NodeServer) -> list[str]:
     state = "accepting jobs" if server.state.cap else f"not accepting jobs: {server.not_accepting_reason()}"
     lines = [f"dispynode {server.name} at {_fmt(server.address)}: {server.cpus} of {total} CPUs served, "
              f"{server.busy} busy, {server.jobs_done} jobs done; {state}"]
+    lines.append(f"  security: {server.security_note()}")
     if server.options.service.active:
         lines.append(f"  service window: {server.service_state.value}")
     if not server.computations:

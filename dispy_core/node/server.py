@@ -195,6 +195,8 @@ class NodeServer:
         tls = " with TLS" if self.config.certfile else ""
         log.info("dispynode %s serving %d CPUs at %s%s (executor %s, files under %s)", self.name, self.cpus,
                  _fmt((host, port)), tls, self.executor.name, self.dest_path_prefix)
+        if not self.options.secret:
+            log.warning("%s", self.security_note())
         if self.options.service.active:
             self._spawn(self._service_loop())
         if self.options.zombie_interval > 0:
@@ -215,6 +217,17 @@ class NodeServer:
         if routed != "127.0.0.1":
             return routed
         return self.served_addresses(0)[0][0] if self.served_addresses(0) else routed
+
+    def security_note(self) -> str:
+        """How clients are authenticated here, in words: the start-up WARNING and the console's status."""
+        tls = "with TLS" if self.config.certfile else "without TLS"
+        if self.options.secret:
+            return f"clients must prove the node's secret; connections {tls}"
+        user = os.environ.get("USER") or str(os.getuid() if hasattr(os, "getuid") else "?")
+        return (f"dispynode {self.name} has NO SECRET: any program that can reach it "
+                f"({', '.join(_fmt(a) for a in self.served_addresses(self.address[1]))}) can run code here as user "
+                f"{user}. Set a secret with --secret or the DISPY_SECRET environment variable, and use "
+                f"TLS (--certfile) on networks you do not trust; connections {tls}")
 
     def served_addresses(self, port: int) -> list[tuple[str, int]]:
         """Where clients can reach this node: each bound address (its ``--ext_host`` if given), or, bound to

@@ -29,6 +29,8 @@ def test_console_commands(node_factory: Factory) -> None:
     node = node_factory("--cpus", "1", "--name", "consolenode", daemon=False)
     out = node.command("", "no computations")
     assert "dispynode consolenode at 127.0.0.1:" in out and "1 of" in out and "0 jobs done" in out
+    assert "security: dispynode consolenode has NO SECRET" in out
+    assert "has NO SECRET: any program that can reach it (127.0.0.1:" in node.log()  # said at start, as a WARNING
     assert "cpus not changed" in node.command("cpus 100000", "cpus not changed")
     assert "usage" in node.command("cpus", "usage")
     node.command("cpus 1", "serving 1 CPUs")

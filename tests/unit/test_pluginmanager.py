@@ -117,3 +117,4 @@ def test_dispy_plugins_command_lists_roles_versions_and_selection(tmp_path: Path
         assert f"{role} (dispy.{role})" in out
     assert "* roundrobin" in out and "  loadbalance" in out
     assert "* fork" in out and "neodispy 0.1.0" in out and "dispy-roundrobin 0.1.0" in out
+    assert "security: secret NOT set" in out and "TLS not configured" in out
