@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dispy_core.errors import DispyError, ProtocolError, RemoteError, TransportError
+from dispy_core.errors import DispyError, PeerClosedError, ProtocolError, RemoteError, TransportError
 from dispy_core.interfaces import ByteStream, Serializer, Transport
 from dispy_core.protocol import messages as m
 from dispy_core.protocol.session import Session
@@ -79,7 +79,9 @@ class Channel:
                         break
                     data = await stream.read(READ_SIZE)
                     if not data:
-                        raise TransportError(f"{_fmt(stream.peer)} closed the connection during the handshake")
+                        hint = getattr(stream, "hangup_hint", lambda: "")()  # the transport may know why
+                        raise TransportError(f"{_fmt(stream.peer)} closed the connection during the handshake"
+                                             + (f": {hint}" if hint else ""))
                     early.extend(session.receive_data(data))
         except ProtocolError:
             out = session.data_to_send()  # e.g. the acceptor's "authentication failed" notice
@@ -179,9 +181,16 @@ class Channel:
                 self.rx_bytes += len(data)
                 for msg in self.session.receive_data(data):
                     self._dispatch(msg, handler)
+        except PeerClosedError as exc:
+            self.close_reason = self.close_reason or str(exc)
+            log.warning("connection with %s: %s", _fmt(self.peer), exc)
         except ProtocolError as exc:
             self.close_reason = self.close_reason or f"protocol error: {exc}"
             log.warning("dropping connection with %s: %s", _fmt(self.peer), exc)
+            try:  # tell the peer why, so its log does not just say "closed by peer"
+                self.stream.write_nowait(self.session.farewell(f"protocol error: {exc}"))
+            except (OSError, TransportError):
+                pass
         except (OSError, TransportError) as exc:
             self.close_reason = self.close_reason or f"connection lost: {exc}"
         finally:

@@ -55,6 +55,10 @@ class IntegrityError(ProtocolError):
     """A frame whose MAC or sequence number does not verify."""
 
 
+class PeerClosedError(ProtocolError):
+    """The peer ended the connection and said why (its last, unauthenticated, Error frame)."""
+
+
 class AuthenticationError(ProtocolError):
     """The peer failed the challenge-response over the shared secret."""
 

@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import AuthenticationError, DispyError, IntegrityError, ProtocolError, SerializationError
+from ..errors import AuthenticationError, DispyError, IntegrityError, PeerClosedError, ProtocolError, SerializationError
 from ..interfaces import Serializer
 from . import messages as m
 from .codec import Frame, FrameDecoder, decode_body, encode_frame, encode_frame_parts
@@ -213,7 +213,15 @@ class Session:
             raise
 
     # ------------------------------------------------------------------ frames
+    def farewell(self, reason: str) -> bytes:
+        """A last Error frame saying why we end the connection (unMAC'd: usable after the session failed)."""
+        return encode_frame(m.Error(code="closing", message=reason[:500]), seq=0, serializer="", mac_key=None)
+
     def _app_frame(self, frame: Frame) -> m.Message:
+        if frame.msg_type == m.Error.CODE and not frame.has_mac:  # the peer's farewell: why it hangs up
+            err = _decode(frame)
+            assert isinstance(err, m.Error)
+            raise PeerClosedError(f"the peer closed the connection: {err.message[:500]}")
         self._check_mac(frame)
         name = frame.serializer
         if name and name not in self._accept:

@@ -88,6 +88,7 @@ class TcpStream(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self._closed: asyncio.Future[None] = loop.create_future()
+        self.received = 0  # bytes of application data received, ever
         self.on_open: Any = None  # set by the listener: called once connected (after the TLS handshake)
         self.on_lost: Any = None
 
@@ -106,6 +107,7 @@ class TcpStream(asyncio.Protocol):
             self.on_open(self)
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         self._chunks.append(data)
         self._buffered += len(data)
         waiter = self._read_waiter
@@ -202,20 +204,35 @@ class TcpStream(asyncio.Protocol):
             self._transport.resume_reading()
         return chunk
 
+    def hangup_hint(self) -> str:
+        """Why the peer hung up, when it can be told: a TLS peer that closes before saying a word most likely
+        refused our certificate (with TLS 1.3 the client's handshake ends before the server checks it)."""
+        if self.received == 0 and self._transport is not None \
+                and self._transport.get_extra_info("ssl_object") is not None:
+            return ("it closed right after the TLS handshake, so it most likely refused our certificate (is it "
+                    "trusted by the peer's cafile or certfile?)")
+        return ""
+
+    def _closed_error(self) -> TransportError:
+        text = f"cannot write to {self._peer[0]}:{self._peer[1]}: connection closed"
+        if self._lost_exc:
+            text += f" ({self._lost_exc})"
+        elif self.hangup_hint():
+            text += f": {self.hangup_hint()}"
+        return TransportError(text)
+
     def write_nowait(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data`` without waiting for the send buffer to drain (order kept with ``write``)."""
         transport = self._transport
         if transport is None or self._lost or transport.is_closing():
-            raise TransportError(f"cannot write to {self._peer[0]}:{self._peer[1]}: connection closed"
-                                 + (f" ({self._lost_exc})" if self._lost_exc else ""))
+            raise self._closed_error()
         transport.write(data)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; wait only when the transport's send buffer is above its high-water mark."""
         transport = self._transport
         if transport is None or self._lost or transport.is_closing():
-            raise TransportError(f"cannot write to {self._peer[0]}:{self._peer[1]}: connection closed"
-                                 + (f" ({self._lost_exc})" if self._lost_exc else ""))
+            raise self._closed_error()
         transport.write(data)
         if self._write_paused:
             waiter = self._loop.create_future()

@@ -14,6 +14,7 @@ import pytest
 
 import dispy
 from dispy_core.testing.nodes import NodeProcess
+from dispy_core.testing.waiting import wait_for
 
 EXECUTORS = ["fork", "spawn"]
 
@@ -165,6 +166,14 @@ def test_tls(node_factory: Callable[..., NodeProcess], tmp_path: Path) -> None:
         job = cluster.submit(1)
         assert not cluster.wait(timeout=2)
         assert cluster.status()["nodes"] == []
+        cluster.close(timeout=0, terminate=True)
+    # A client that trusts the node while the node does not trust it is told so, not just "closed"
+    cluster = cluster_for(node, double, secret="tls-secret", certfile=str(other_cert), keyfile=str(other_key),
+                          cafile=str(certfile))
+    try:
+        [reason] = wait_for(lambda: list(cluster.status()["failed_nodes"].values()), timeout=20)
+        assert "most likely refused our certificate" in reason, reason
+    finally:
         cluster.close(timeout=0, terminate=True)
 
 

@@ -623,3 +623,19 @@ def test_poly1305_flag_on_a_small_frame_or_without_mac_is_refused() -> None:
     with pytest.raises(ProtocolError, match="no MAC"):
         pair.server.receive_data(bytes(frame))
     assert pair.loads_calls() == 0
+
+
+def test_a_session_that_refuses_its_peer_can_still_say_why_and_the_peer_reads_it() -> None:
+    """A replayed frame fails the server's session; its farewell (unMAC'd, so it works after the failure)
+    reaches the client as the reason, not as a mere "closed by peer"."""
+    from dispy_core.errors import PeerClosedError
+
+    pair = authed()
+    frame = pair.client.send(job(1))
+    pair.to_server(frame)
+    with pytest.raises(IntegrityError) as refused:
+        pair.server.receive_data(frame)
+    farewell = pair.server.farewell(f"protocol error: {refused.value}")
+    with pytest.raises(PeerClosedError, match=r"the peer closed the connection: protocol error: frame sequence"):
+        pair.client.receive_data(farewell)
+    assert pair.loads_calls() == 0  # nothing is loaded on either side (the node never loads job arguments)
