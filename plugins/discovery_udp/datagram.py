@@ -9,6 +9,8 @@ or newer than ``window`` seconds, or seen before within it, is refused (no repla
 Kinds: ``ping`` (a client or scheduler looking for nodes, sent to their UDP port), ``reply`` (a node's
 answer, unicast to where the ping came from, naming the ping's nonce) and ``announce`` (a node saying
 it is there: at start, every ``ping_interval``, and when it comes back; sent to the clients' port).
+A ``dispynetrelay`` pings its network on a client's behalf and passes each reply on with
+:func:`relayed`: the same node, answering the client's nonce, signed by the relay.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["KINDS", "MAX_DATAGRAM", "REPLAY_WINDOW", "Datagram", "DatagramError", "ReplayGuard", "decode",
-           "discovery_key", "encode", "new_nonce"]
+           "discovery_key", "encode", "new_nonce", "relayed"]
 
 MAGIC = b"DSPYD"
 VERSION = 1
@@ -61,6 +63,16 @@ class Datagram:
     """reply: the nonce of the ping it answers."""
     nonce: str = field(default_factory=new_nonce)
     time: float = field(default_factory=time.time)
+
+
+def relayed(reply: Datagram, reply_to: str = "", first: str = "") -> Datagram:
+    """A node's ``reply`` to a relay's ping, passed on: an answer to the client's ping ``reply_to`` (an
+    announcement when empty: for a ``--scheduler_node``), with a nonce and clock of its own (the relay
+    signs it anew). The node's addresses equal to ``first`` (where the reply came from, so reachable)
+    come first: a client takes the first one when the sender is not the node."""
+    addrs = sorted(reply.addrs, key=lambda addr: addr[0] != first)
+    return Datagram("reply" if reply_to else "announce", name=reply.name, addrs=tuple(addrs), cpus=reply.cpus,
+                    reply_to=reply_to)
 
 
 def encode(datagram: Datagram, key: bytes) -> bytes:

@@ -13,9 +13,11 @@ from dispy_plugins.discovery_udp.interfaces import Interface
 __all__ = ["Receiver", "join_groups", "udp_socket"]
 
 
-def udp_socket(family: int, port: int, shared: bool) -> socket.socket:
+def udp_socket(family: int, port: int, shared: bool, address: str = "") -> socket.socket:
     """A non-blocking UDP socket bound to every address on ``port`` (0: any port); ``shared``: several
-    processes of one host may bind the port (clients all hear announcements, nodes on other addresses)."""
+    processes of one host may bind the port (clients all hear announcements, nodes on other addresses).
+    ``address``: bound to that one address instead; Linux then hands it the unicast datagrams for that
+    address ahead of a socket bound to every address, and no broadcast (a relay beside a node)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if shared:
@@ -27,7 +29,7 @@ def udp_socket(family: int, port: int, shared: bool) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(("0.0.0.0" if family == socket.AF_INET else "::", port))
+        sock.bind((address or ("0.0.0.0" if family == socket.AF_INET else "::"), port))
         sock.setblocking(False)
     except OSError:
         sock.close()
