@@ -16,7 +16,7 @@ from dispy_core.channel import Channel, _fmt
 from dispy_core.computation import Computation
 from dispy_core.errors import DispyError, ExecutionError, SetupError, UnsafePathError
 from dispy_core.interfaces import ComputationSpec, JobOutcome
-from dispy_core.node.files import ComputationFiles
+from dispy_core.node.files import ComputationFiles, listing
 from dispy_core.node.kept import KEPT_DIR, KeptResults
 from dispy_core.node.liveness import send_quietly
 from dispy_core.paths import check_relpath, safe_join
@@ -83,12 +83,13 @@ class ComputationHost:
 
     def _open(self, channel: Channel, msg: m.ComputationOpen) -> None:
         try:
-            work_dir = self._admit(msg)
+            work_dir, existing = self._admit(msg)
         except (DispyError, OSError, ValueError) as exc:
             channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, False, error=str(exc)))
             return
         options = self.server.options
-        comp = HostedComputation(msg.comp_id, msg.name, channel, ComputationFiles(work_dir, options.max_file_size),
+        comp = HostedComputation(msg.comp_id, msg.name, channel,
+                                 ComputationFiles(work_dir, options.max_file_size, existing),
                                  cleanup_files=msg.cleanup_files or options.force_cleanup)
         if msg.options.get("recover") is True:
             comp.kept = KeptResults(self.server.dest_path_prefix / KEPT_DIR / msg.comp_id, self.server.kept_budget)
@@ -108,8 +109,9 @@ class ComputationHost:
         channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, True, cpus=self._comp_cpus(msg.comp_id),
                                                dest_path=str(work_dir)))
 
-    def _admit(self, msg: m.ComputationOpen) -> Path:
-        """The computation's directory, made; raises with the reason when the node cannot take it."""
+    def _admit(self, msg: m.ComputationOpen) -> tuple[Path, set[str] | None]:
+        """The computation's directory, made, and what it held already (None: it is new); raises with the
+        reason when the node cannot take it, or when ``dest_path`` is another live computation's."""
         if self.server.quitting or self.server._stopped.is_set():
             raise ExecutionError(f"node {self.server.name} is shutting down")
         if self.server.options.serve and self.server._served >= self.server.options.serve:
@@ -118,10 +120,21 @@ class ComputationHost:
         if msg.comp_id in self.server.computations:
             raise ExecutionError(f"computation {msg.comp_id} is already open on this node")
         check_relpath(msg.comp_id)
-        work_dir = safe_join(self.server.dest_path_prefix, msg.dest_path) if msg.dest_path \
-            else self.server.dest_path_prefix / msg.comp_id
+        prefix = self.server.dest_path_prefix
+        work_dir = safe_join(prefix, msg.dest_path) if msg.dest_path else prefix / msg.comp_id
+        if work_dir == prefix or work_dir.is_relative_to(prefix / KEPT_DIR):
+            raise ExecutionError(f"dest_path {msg.dest_path!r} is the node's own directory, not one a computation "
+                                 f"may use")
+        for other in self.server.computations.values():
+            if work_dir == other.work_dir or work_dir.is_relative_to(other.work_dir) \
+                    or other.work_dir.is_relative_to(work_dir):
+                gone = (" (its client went away; it is kept for recover_jobs, which releases it)"
+                        if other.detached_at is not None else "")
+                raise ExecutionError(f"dest_path {msg.dest_path!r} is in use by computation {other.name}{gone} on "
+                                     f"this node; give another one (or none: each computation then gets its own)")
+        existing = listing(work_dir) if work_dir.is_dir() else None
         work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return work_dir
+        return work_dir, existing
 
     def _comp_cpus(self, comp_id: str) -> int:
         record = self.server.state.comps.get(comp_id)

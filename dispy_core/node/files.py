@@ -23,11 +23,14 @@ __all__ = ["ComputationFiles"]
 class ComputationFiles:
     """The files of one computation: those being received, and those that belong to one job."""
 
-    def __init__(self, work_dir: Path, max_file_size: int = 0) -> None:
+    def __init__(self, work_dir: Path, max_file_size: int = 0, existing: set[str] | None = None) -> None:
         self.work_dir = work_dir
         self.max_file_size = max_file_size
         self._open: dict[str, tuple[IO[bytes], int, int]] = {}  # relpath -> (handle, size, written)
         self._per_job: dict[int, list[Path]] = {}
+        self.existing = existing
+        """What the directory held before this computation (a ``dest_path`` an earlier one used): kept at
+        close. None: the directory is this computation's own."""
 
     def write(self, msg: m.FileChunk) -> bool:
         """Write one chunk; True once the file is complete. Raises UnsafePathError, OSError, ValueError;
@@ -84,12 +87,38 @@ class ComputationFiles:
                 _remove_bytecode(path)
 
     def remove(self, prefix: Path, remove_dir: bool) -> None:
-        """Close what is half received; with ``remove_dir``, delete the directory (only under ``prefix``)."""
+        """Close what is half received; with ``remove_dir``, delete what this computation created (only
+        under ``prefix``): its whole directory if it made it, else only what was not there before."""
         for handle, _, _ in self._open.values():
             handle.close()
         self._open.clear()
-        if remove_dir and self.work_dir.is_relative_to(prefix):
+        if not remove_dir or not self.work_dir.is_relative_to(prefix) or self.work_dir == prefix:
+            return
+        if self.existing is None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+            return
+        for path in sorted(listing(self.work_dir) - self.existing, key=lambda p: p.count("/"), reverse=True):
+            target = self.work_dir / path
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+
+
+LISTING_LIMIT = 100_000
+"""Entries of a shared ``dest_path`` remembered at open; beyond, the rest count as existing (kept)."""
+
+
+def listing(directory: Path) -> set[str]:
+    """Relative paths of everything under ``directory`` (symlinks not followed), at most LISTING_LIMIT."""
+    found: set[str] = set()
+    for root, dirs, files in os.walk(directory):
+        base = os.path.relpath(root, directory)
+        for name in dirs + files:
+            found.add(name if base == "." else f"{base}/{name}")
+            if len(found) >= LISTING_LIMIT:
+                return found
+    return found
 
 
 def _remove_bytecode(source: Path) -> None:
