@@ -36,6 +36,8 @@ log = logging.getLogger("dispy")
 __all__ = ["CLOSED", "CLOSING", "CONNECTING", "FILE_CHUNK", "READY", "SETUP", "NodeConn", "NodeLife"]
 
 FILE_CHUNK = 4 << 20
+TRANSFERS_PER_NODE = 8
+"""Files sent to one node at once (jobs' files go in parallel): well under the node's bound."""
 PULSES_MISSED = 5
 """With ``pulse_interval``, a node from which nothing arrives for this many pulses is lost (the original's rule)."""
 SEARCH_PINGS, SEARCH_WAIT = 3, 1.5
@@ -64,6 +66,7 @@ class NodeConn:
         self.op: asyncio.Task[Any] | None = None  # the life operation in progress (start, close, resetup)
         self.file_errors: dict[int, str] = {}  # first refusal of a file transfer, by request id
         self.retry = False  # contacted again after a failure: a new failure is not announced again
+        self.transfers = asyncio.Semaphore(TRANSFERS_PER_NODE)
         self.heard = (0, 0.0)  # the channel's rx_bytes, and since when they have not changed
 
 
@@ -288,6 +291,10 @@ class NodeLife:
     async def send_depend(self, conn: NodeConn, channel: Channel, dep: FileDepend, job_uid: int) -> None:
         """Stream a file in chunks; the node acknowledges the last one or refuses with a reason (which may
         come early, at the first chunk: then the rest is not sent)."""
+        async with conn.transfers:
+            await self._send_depend(conn, channel, dep, job_uid)
+
+    async def _send_depend(self, conn: NodeConn, channel: Channel, dep: FileDepend, job_uid: int) -> None:
         req_id = channel.next_req_id()
         comp_id, timeout = self.cluster.comp_id, self.cluster.config.msg_timeout
         try:

@@ -20,6 +20,7 @@ from dispy_core.node import nodeconfig
 from dispy_core.node.console import Console
 from dispy_core.node.server import ZOMBIE_INTERVAL, NodeOptions, NodeServer, resolve_cpus
 from dispy_core.node.service import ServiceWindow, parse_hhmm
+from dispy_core.ratelog import Throttled
 from dispy_core.sizes import parse_size
 
 DEFAULT_DISPY_PORT = 9700
@@ -178,8 +179,25 @@ def log_compatibility(args: argparse.Namespace) -> None:
                  "computation's host process, never in the node process")
 
 
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """At the fd limit asyncio logs every failed accept() with a traceback, many a second; say it once per
+    period instead, with what to do (asyncio itself retries accepting a second later)."""
+    throttled = Throttled(log, period=30.0)
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+            throttled.warning("cannot accept connections: %s (raise the open files limit, ulimit -n, or lower "
+                              "node.max_unauthenticated)", exc)
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 async def run_node(server: NodeServer, interactive: bool = False) -> None:
     loop = asyncio.get_running_loop()
+    quiet_accept_errors(loop)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, server.request_stop)
     console: Console | None = None

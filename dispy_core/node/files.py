@@ -17,7 +17,11 @@ from typing import IO
 from dispy_core.paths import safe_join
 from dispy_core.protocol import messages as m
 
-__all__ = ["ComputationFiles"]
+__all__ = ["MAX_OPEN_TRANSFERS", "ComputationFiles"]
+
+MAX_OPEN_TRANSFERS = 64
+"""Files of one computation being received at once (each holds an open file): a client sends at most
+``client.connections.TRANSFERS_PER_NODE`` at a time; a peer that opens more is refused, not served."""
 
 
 class ComputationFiles:
@@ -52,6 +56,9 @@ class ComputationFiles:
         if msg.offset == 0:
             if entry is not None:
                 entry[0].close()
+            elif len(self._open) >= MAX_OPEN_TRANSFERS:
+                raise ValueError(f"file {msg.relpath!r} refused: {MAX_OPEN_TRANSFERS} files of this computation are "
+                                 f"being received already (finish one first)")
             target = safe_join(self.work_dir, msg.relpath)
             target.parent.mkdir(parents=True, exist_ok=True)
             handle: IO[bytes] = open(target, "wb")  # noqa: SIM115 - kept open across chunks

@@ -35,11 +35,17 @@ from dispy_core.node.recovery import Recovery
 from dispy_core.node.service import ServiceState, ServiceWindow, minute_of_day
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol import messages as m
+from dispy_core.ratelog import Throttled
 from dispy_core.state import events as ev
 from dispy_core.state.node import NodeState
 
 log = logging.getLogger("dispy.node")
 
+HANDSHAKE_DEADLINE = 5.0
+"""Seconds a new connection has to prove the secret (at most ``--msg_timeout``)."""
+MAX_UNAUTHENTICATED = 64
+"""Connections that may be proving the secret at once (node config ``node.max_unauthenticated``); more are
+closed at once: each one costs memory, and a peer that never finishes should not cost more."""
 ZOMBIE_INTERVAL = 60.0
 """Minutes a client may stay silent (answering no ping) before it is presumed dead: the original's default."""
 MAX_JOBS_PER_PROCESS = 100_000
@@ -156,6 +162,13 @@ class NodeServer:
         if type(kept_limit) is not int or kept_limit < 0:
             raise ConfigError(f"node.kept_results_limit must be a number of bytes (0 or more), not {kept_limit!r}")
         self.kept_budget = DiskBudget(kept_limit)
+        self.max_unauthenticated = self.config.get("node.max_unauthenticated", MAX_UNAUTHENTICATED)
+        if type(self.max_unauthenticated) is not int or self.max_unauthenticated < 1:
+            raise ConfigError(f"node.max_unauthenticated must be an integer of at least 1, not "
+                              f"{self.max_unauthenticated!r}")
+        self._unauthenticated = 0
+        self._refusals = Throttled(log)  # peers that failed the handshake
+        self._busy = Throttled(log)  # peers refused because too many are in the handshake
         self.jobs = JobRunner(self)
         self.comps = ComputationHost(self)
         self.recovery = Recovery(self)
@@ -403,14 +416,23 @@ class NodeServer:
 
     # ------------------------------------------------------------------ connections
     async def _serve(self, stream: ByteStream) -> None:
+        if self._unauthenticated >= self.max_unauthenticated:
+            self._busy.warning("refused connection from %s: %d connections are still proving the secret "
+                                   "(node.max_unauthenticated)", _fmt(stream.peer), self._unauthenticated)
+            await stream.close()
+            return
+        self._unauthenticated += 1
         try:
             channel = await Channel.accept(
                 stream, secret=self.options.secret, serializers={self.serializer.name: self.serializer},
-                serializer=self.serializer.name, timeout=self.options.msg_timeout, name=self.name,
-                software=f"neodispy {__version__}")
+                serializer=self.serializer.name, timeout=min(self.options.msg_timeout, HANDSHAKE_DEADLINE),
+                name=self.name, software=f"neodispy {__version__}")
         except (ProtocolError, DispyError, OSError) as exc:
-            log.warning("refused connection from %s: %s", _fmt(stream.peer), exc)
+            self._refusals.warning("refused connection from %s: %s", _fmt(stream.peer), exc,
+                                   key=type(exc).__name__)
             return
+        finally:
+            self._unauthenticated -= 1
         log.debug("client %s authenticated", _fmt(channel.peer))
         channel.session.blob_views = True  # arguments, code and files pass through to the host or a file
         self.channels.add(channel)

@@ -23,6 +23,7 @@ from typing import Any
 from dispy_core.config import Config
 from dispy_core.errors import ConfigError, TransportError
 from dispy_core.interfaces import StreamHandler
+from dispy_core.ratelog import Throttled
 
 __all__ = ["TcpStream", "TcpListener", "TcpTransport", "make_ssl_contexts"]
 
@@ -352,6 +353,12 @@ def _plain_host(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
+MAX_TLS_HANDSHAKES = 64
+"""TLS handshakes a listener runs at once (``transport.max_tls_handshakes``); more peers are refused at once."""
+HANDSHAKE_DEADLINE = 5.0
+"""Seconds a peer has to finish the TLS handshake (at most the message timeout)."""
+
+
 class TcpTransport:
     """The ``tcp`` transport: plain TCP, or mutual TLS when the config names a certificate."""
 
@@ -363,6 +370,12 @@ class TcpTransport:
         self._server_ctx: ssl.SSLContext | None = contexts[0] if contexts else None
         self._client_ctx: ssl.SSLContext | None = contexts[1] if contexts else None
         self._timeout = config.msg_timeout
+        limit = config.get("transport.max_tls_handshakes", MAX_TLS_HANDSHAKES)
+        if type(limit) is not int or limit < 1:
+            raise ConfigError(f"transport.max_tls_handshakes must be an integer of at least 1, not {limit!r}")
+        self.max_tls_handshakes = limit
+        self._tls_pending = 0
+        self._refusals = Throttled(logger)
 
     @property
     def tls(self) -> bool:
@@ -429,14 +442,24 @@ class TcpTransport:
             plain = stream._transport
             if plain is None or stream._lost:  # the peer left before we got to it
                 return
+            if self._tls_pending >= self.max_tls_handshakes:
+                self._refusals.warning("refused connection from %s:%s: %d TLS handshakes in progress "
+                                       "(transport.max_tls_handshakes)", *stream.peer, self._tls_pending, key="busy")
+                plain.abort()
+                stream._handshake_failed(ConnectionRefusedError("too many TLS handshakes in progress"))
+                return
+            self._tls_pending += 1
             try:
                 tls = await loop.start_tls(plain, stream, self._server_ctx, server_side=True,
-                                           ssl_handshake_timeout=self._timeout)
+                                           ssl_handshake_timeout=min(self._timeout, HANDSHAKE_DEADLINE))
             except (OSError, TimeoutError) as exc:
-                logger.warning("refused connection from %s:%s: %s", *stream.peer, _reason(exc))
+                self._refusals.warning("refused connection from %s:%s: %s", *stream.peer, _reason(exc),
+                                       key=type(exc).__name__)
                 plain.abort()
                 stream._handshake_failed(exc)
                 return
+            finally:
+                self._tls_pending -= 1
             if tls is None:  # the peer went away meanwhile
                 stream._handshake_failed(ConnectionResetError("connection lost during TLS handshake"))
                 return
