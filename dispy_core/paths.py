@@ -7,11 +7,18 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from dispy_core.errors import UnsafePathError
 
+MAX_PATH_LENGTH = 4096
+MAX_PATH_DEPTH = 128
+"""Bounds on a path from a peer: beyond them no file system takes it (and making its parents recursed)."""
+
 
 def check_relpath(relpath: str) -> PurePosixPath:
     """A relative, normalized POSIX path with no ``..``, no drive and no absolute root, else UnsafePathError."""
     if not isinstance(relpath, str) or not relpath or "\x00" in relpath:
         raise UnsafePathError(f"invalid path from peer: {relpath!r}")
+    if len(relpath) > MAX_PATH_LENGTH or relpath.count("/") + relpath.count("\\") >= MAX_PATH_DEPTH:
+        raise UnsafePathError(f"path from peer too long or too deep (at most {MAX_PATH_LENGTH} characters and "
+                              f"{MAX_PATH_DEPTH} components): {relpath[:80]!r}...")
     if relpath.startswith(("/", "\\")) or PureWindowsPath(relpath).drive:
         raise UnsafePathError(f"absolute path from peer refused: {relpath!r}")
     parts = PurePosixPath(relpath.replace("\\", "/")).parts

@@ -126,8 +126,10 @@ class JobRunner:
         """A job's ``dispy_send_file``: forwarded within ``--max_file_size`` only."""
         limit = self.server.options.max_file_size
         if limit and len(data) > limit:
-            log.warning("file %r of %d bytes from job %s of %s not sent: above this node's max_file_size of "
-                        "%d bytes", relpath, len(data), job_uid, comp_id, limit)
+            text = (f"file {relpath[:200]!r} of {len(data)} bytes from job {job_uid} not sent: above this node's "
+                    f"max_file_size of {limit} bytes")
+            log.warning("%s (computation %s)", text, comp_id)
+            self.server._send_to_owner(comp_id, m.Error("file-refused", text))  # the client is told, and logs it
             return
         self.server._send_to_owner(comp_id, m.JobFile(comp_id, job_uid, relpath, data))
 

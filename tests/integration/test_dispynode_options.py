@@ -309,6 +309,8 @@ def test_node_itself_bounds_files_from_jobs() -> None:
     server.jobs.job_file("c1", 1, "small", b"x" * 10)
     server.jobs.job_file("c1", 2, "large", b"x" * 11)
     assert [msg.relpath for msg in forwarded if isinstance(msg, m.JobFile)] == ["small"]
+    [told] = [msg for msg in forwarded if isinstance(msg, m.Error)]  # and the client is told why
+    assert told.code == "file-refused" and "'large' of 11 bytes from job 2 not sent" in told.message
 
 
 # --------------------------------------------------------------------------- old options

@@ -64,3 +64,16 @@ def test_half_sent_files_are_capped_per_computation(node: NodeProcess) -> None:
         assert fds(node) <= baseline + MAX_OPEN_TRANSFERS + 8, (fds(node), baseline)
         job = cluster.submit(-5)
         assert job is not None and job(timeout=30) == 5  # the computation still works
+
+
+def test_a_path_thousands_of_components_deep_is_refused_with_a_reason_not_a_traceback(node: NodeProcess) -> None:
+    with dispy.JobCluster(abs, nodes=[dispy.NodeAllocate("127.0.0.1", port=node.port)]) as cluster:
+        wait_for(lambda: cluster.status()["nodes"], timeout=30)
+        [conn] = cluster._life.nodes.values()
+        channel = conn.channel
+        assert channel is not None
+        deep = "/".join(["d"] * 2000)
+        reply = cluster._loop.run(channel.request(
+            m.FileChunk(channel.next_req_id(), cluster.comp_id, deep, 1, 0, b"x", last=True), 10))
+        assert isinstance(reply, m.FileAck) and not reply.ok and "too long or too deep" in reply.error
+        assert "Traceback" not in node.log() and "RecursionError" not in node.log()
