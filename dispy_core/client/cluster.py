@@ -28,6 +28,7 @@ from dispy_core.client.recovery import RecoverLog
 from dispy_core.client.runtime import CallbackThread, LoopThread
 from dispy_core.config import load_config
 from dispy_core.errors import DispyError, SerializationError
+from dispy_core.joblimits import check_job_limits
 from dispy_core.malloc_tuning import tune_malloc
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol.session import secret_key
@@ -84,7 +85,7 @@ class JobCluster:
                  certfile: str | None = None, recover_file: str | None = None, **extra: Any) -> None:
         unknown = set(extra) - {"cafile", "setup_timeout", "msg_timeout", "poll_interval", "plugins",
                                 "jobs_per_process", "allowed_failures",
-                                "first_node_timeout"}
+                                "first_node_timeout", "job_limits"}
         if unknown:
             raise TypeError(f"JobCluster got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         tune_malloc()
@@ -125,6 +126,7 @@ class JobCluster:
         self.dest_path = dest_path
         self.setup_timeout = float(extra.get("setup_timeout", 600.0))
         self.jobs_per_process = check_jobs_per_process(extra.get("jobs_per_process", 1))
+        self.job_limits = check_job_limits(extra.get("job_limits"))  # each node bounds them by its own
         self.allowed_failures = check_allowed_failures(extra.get("allowed_failures", ALLOWED_FAILURES))
         self.first_node_timeout = check_first_node_timeout(extra.get("first_node_timeout"))
         if pulse_interval is not None and not (isinstance(pulse_interval, int | float)
@@ -408,6 +410,8 @@ class JobCluster:
             options["source_modules"] = self._pkg.source_modules
         if self.jobs_per_process > 1:
             options["jobs_per_process"] = self.jobs_per_process
+        if self.job_limits:
+            options["job_limits"] = dict(self.job_limits)
         if self._recover_log is not None:
             options["recover"] = True  # the node keeps results until acknowledged, and after we are gone
         return options

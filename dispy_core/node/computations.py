@@ -149,6 +149,9 @@ class ComputationHost:
         wanted = options.get("jobs_per_process", 1)
         if type(wanted) is int and wanted > 1:
             extra["jobs_per_process"] = min(wanted, self.server.max_jobs_per_process)
+        limits = options.get("job_limits")
+        if isinstance(limits, dict) and limits:
+            extra["job_limits"] = limits  # as asked: the executor checks them and applies its own ceilings
         return extra
 
     def setup(self, channel: Channel, msg: m.ComputationSetup) -> None:
