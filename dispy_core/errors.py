@@ -55,6 +55,10 @@ class IntegrityError(ProtocolError):
     """A frame whose MAC or sequence number does not verify."""
 
 
+class PayloadTooLarge(ProtocolError):
+    """A message above ``max_payload``: refused before it is sent (or, from a peer, before it is buffered)."""
+
+
 class PeerClosedError(ProtocolError):
     """The peer ended the connection and said why (its last, unauthenticated, Error frame)."""
 

@@ -157,6 +157,11 @@ def _body_parts(msg: Message) -> tuple[list[Any], int]:
     return parts, total
 
 
+def body_parts(msg: Message) -> tuple[list[Any], int]:
+    """The body of ``msg`` as buffers (blobs not copied) and its length: for fragmenting a large one."""
+    return _body_parts(msg)
+
+
 def encode_body(msg: Message) -> bytes:
     """The body bytes of ``msg`` (without any frame header)."""
     parts, _ = _body_parts(msg)

@@ -114,6 +114,19 @@ class Pong(Message):
     req_id: int = 0
 
 
+@message(8)
+@dataclass(frozen=True, slots=True)
+class Fragment(Message):
+    """A piece of the body of a large message (``msg_type``), sent in order under the session's MACs, so
+    that no frame is larger than ``FRAGMENT_SIZE`` and a receiver never buffers more than one frame plus
+    the one message being reassembled (at most ``max_payload``). ``total`` is the whole body's size."""
+
+    msg_type: int
+    total: int
+    data: bytes
+    last: bool = False
+
+
 # --------------------------------------------------------------------------- node info (10-19)
 @message(10)
 @dataclass(frozen=True, slots=True)

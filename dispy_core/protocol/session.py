@@ -22,14 +22,26 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import AuthenticationError, DispyError, IntegrityError, PeerClosedError, ProtocolError, SerializationError
+from ..errors import (
+    AuthenticationError,
+    DispyError,
+    IntegrityError,
+    PayloadTooLarge,
+    PeerClosedError,
+    ProtocolError,
+    SerializationError,
+)
 from ..interfaces import Serializer
 from . import messages as m
-from .codec import Frame, FrameDecoder, decode_body, encode_frame, encode_frame_parts
+from .codec import Frame, FrameDecoder, body_parts, decode_body, encode_frame, encode_frame_parts
 
-__all__ = ["HANDSHAKE_FRAME_LIMIT", "NONCE_SIZE", "DerivedKey", "Session", "secret_key"]
+__all__ = ["FRAGMENT_SIZE", "HANDSHAKE_FRAME_LIMIT", "MAX_PAYLOAD", "NONCE_SIZE", "DerivedKey", "Session", "secret_key"]
 
 NONCE_SIZE = 32
+FRAGMENT_SIZE = 8 << 20
+"""Bodies above this travel as Fragment frames: no frame is larger, whatever the payload."""
+MAX_PAYLOAD = 1 << 30
+"""Bytes one message may carry (an argument, a result, a provisional result): both sides' ``max_payload``."""
 HANDSHAKE_FRAME_LIMIT = 65536  # an unauthenticated peer cannot make us buffer more than this
 SUPPORTED_VERSIONS = (m.PROTOCOL_VERSION,)
 _HANDSHAKE_TYPES = (m.Hello, m.Challenge, m.Auth, m.AuthOk)
@@ -80,7 +92,8 @@ class Session:
         role: str = "client",
         serializers: Mapping[str, Serializer] | list[str] | tuple[str, ...] | None = None,
         serializer: str = "pickle",
-        max_frame_size: int = 64 * 2**20 + 65536,
+        max_frame_size: int = FRAGMENT_SIZE + 65536,
+        max_payload: int = MAX_PAYLOAD,
     ) -> None:
         self.initiator = initiator
         self.name = name
@@ -97,6 +110,8 @@ class Session:
             self._accept = frozenset(serializers)
         self.serializer = serializer
         self.max_frame_size = max_frame_size
+        self.max_payload = max_payload
+        self._assembly: tuple[int, bytearray, int] | None = None  # (msg_type, buffer, bytes so far)
         self.peer_name = ""
         self.peer_software = ""
         self.peer_role = ""  # the role an initiating peer announced
@@ -171,6 +186,12 @@ class Session:
             raise ProtocolError("cannot send before the peer is authenticated")
         if isinstance(msg, _HANDSHAKE_TYPES):
             raise ProtocolError(f"{type(msg).__name__} is a handshake message")
+        body, size = body_parts(msg)
+        if size > self.max_payload:
+            raise PayloadTooLarge(f"{type(msg).__name__} of {size} bytes is above the {self.max_payload} bytes "
+                                  f"a message may have (max_payload)")
+        if size > FRAGMENT_SIZE:
+            return self._fragments(type(msg).CODE, body, size)
         parts = encode_frame_parts(msg, seq=self._send_seq, serializer=self.serializer, mac_key=self._send_key)
         self._send_seq += 1
         return parts
@@ -201,7 +222,13 @@ class Session:
             out: list[m.Message] = []
             while (frame := self._decoder.next_frame()) is not None:
                 if self._state == _READY:
-                    out.append(self._app_frame(frame))
+                    msg = self._app_frame(frame)
+                    if isinstance(msg, m.Fragment):
+                        whole = self._reassemble(msg)
+                        if whole is None:
+                            continue
+                        msg = whole
+                    out.append(msg)
                 else:
                     self._handshake_frame(frame)
                     if self._state == _READY:
@@ -213,6 +240,55 @@ class Session:
             raise
 
     # ------------------------------------------------------------------ frames
+    def _fragments(self, msg_type: int, body: list[Any], size: int) -> list[Any]:
+        """A large body as Fragment frames of at most FRAGMENT_SIZE (big blobs sliced, not copied)."""
+        out: list[Any] = []
+        pieces: list[Any] = []
+        filled = sent = 0
+        for part in body:
+            view = memoryview(part).cast("B")
+            while view.nbytes:
+                take = min(view.nbytes, FRAGMENT_SIZE - filled)
+                pieces.append(view[:take])
+                view, filled = view[take:], filled + take
+                if filled == FRAGMENT_SIZE:
+                    sent += filled
+                    out += self._fragment(msg_type, size, pieces, sent == size)
+                    pieces, filled = [], 0
+        if pieces:
+            out += self._fragment(msg_type, size, pieces, True)
+        return out
+
+    def _fragment(self, msg_type: int, size: int, pieces: list[Any], last: bool) -> list[Any]:
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        parts = encode_frame_parts(m.Fragment(msg_type, size, data, last), seq=self._send_seq,
+                                   serializer=self.serializer, mac_key=self._send_key)
+        self._send_seq += 1
+        return parts
+
+    def _reassemble(self, piece: m.Fragment) -> m.Message | None:
+        """Add a fragment; the message once its last fragment is in."""
+        if self._assembly is None:
+            if not 0 < piece.total <= self.max_payload:
+                raise PayloadTooLarge(f"peer announces a message of {piece.total} bytes; at most "
+                                      f"{self.max_payload} are accepted (max_payload)")
+            if piece.msg_type in (m.Fragment.CODE, *(t.CODE for t in _HANDSHAKE_TYPES)):
+                raise ProtocolError(f"fragments of message type {piece.msg_type} are not allowed")
+            self._assembly = (piece.msg_type, bytearray(piece.total), 0)
+        msg_type, buffer, filled = self._assembly
+        data = memoryview(piece.data)
+        if piece.msg_type != msg_type or piece.total != len(buffer) or filled + data.nbytes > len(buffer):
+            raise ProtocolError("fragment does not continue the message being reassembled")
+        buffer[filled:filled + data.nbytes] = data
+        filled += data.nbytes
+        self._assembly = (msg_type, buffer, filled)
+        if not piece.last:
+            return None
+        self._assembly = None
+        if filled != len(buffer):
+            raise ProtocolError(f"message reassembled from fragments has {filled} of its {len(buffer)} bytes")
+        return decode_body(msg_type, memoryview(buffer), self.blob_views)
+
     def farewell(self, reason: str) -> bytes:
         """A last Error frame saying why we end the connection (unMAC'd: usable after the session failed)."""
         return encode_frame(m.Error(code="closing", message=reason[:500]), seq=0, serializer="", mac_key=None)

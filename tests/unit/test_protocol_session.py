@@ -639,3 +639,37 @@ def test_a_session_that_refuses_its_peer_can_still_say_why_and_the_peer_reads_it
     with pytest.raises(PeerClosedError, match=r"the peer closed the connection: protocol error: frame sequence"):
         pair.client.receive_data(farewell)
     assert pair.loads_calls() == 0  # nothing is loaded on either side (the node never loads job arguments)
+
+
+def test_a_large_message_travels_in_fragments_no_frame_above_the_fragment_size() -> None:
+    from dispy_core.protocol.session import FRAGMENT_SIZE
+
+    pair = authed(max_frame_size=FRAGMENT_SIZE + 65536)
+    big = m.JobSubmit(comp_id="comp", job_uid=7, args=bytes(range(256)) * (FRAGMENT_SIZE // 256 * 3 + 17))
+    data = pair.client.send(big)
+    sizes = []
+    decoder = FrameDecoder(FRAGMENT_SIZE + 65536)  # a frame above the fragment size would be refused here
+    decoder.push(data)
+    while (frame := decoder.next_frame()) is not None:
+        sizes.append(len(frame.body))
+    assert len(sizes) == 4 and max(sizes) <= FRAGMENT_SIZE + 256
+    got = []
+    for start in range(0, len(data), 1 << 20):  # in pieces, as a socket delivers it
+        got += pair.server.receive_data(data[start:start + (1 << 20)])
+    assert got == [big]
+
+
+def test_a_message_above_max_payload_is_refused_by_the_sender_and_by_the_receiver() -> None:
+    from dispy_core.errors import PayloadTooLarge
+    from dispy_core.protocol.session import FRAGMENT_SIZE
+
+    pair = authed(max_frame_size=FRAGMENT_SIZE + 65536)
+    pair.client.max_payload = 1000
+    with pytest.raises(PayloadTooLarge, match="above the 1000 bytes"):
+        pair.client.send(m.JobSubmit(comp_id="c", job_uid=1, args=b"x" * 2000))
+    assert pair.client.authenticated  # refusing to send does not break the session
+    assert pair.to_server(pair.client.send(m.JobSubmit(comp_id="c", job_uid=2, args=b"x" * 10)))
+    pair.client.max_payload = 1 << 30
+    pair.server.max_payload = 9 << 20
+    with pytest.raises(PayloadTooLarge, match="at most"):
+        pair.server.receive_data(pair.client.send(m.JobSubmit(comp_id="c", job_uid=3, args=b"x" * (10 << 20))))
