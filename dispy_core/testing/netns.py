@@ -8,6 +8,14 @@ default route, so no packet leaves the lab. Names carry the pid and a counter, s
 :meth:`Lab.close` (also on ``with`` exit) kills every process left in the lab's namespaces, by pid, and
 deletes the namespaces (which destroys their links); it is idempotent and runs as far as it can.
 
+Several networks: :meth:`Lab.add_subnet` makes another bridge (another /24) in the same "lan" namespace,
+:meth:`Lab.add_host` puts a host on any of them, and :meth:`Lab.add_router` makes a host with a veth on
+each subnet it joins (``eth0``, ``eth1``, ...; address ``.1``, ``.2`` ... of each) and IPv4 forwarding on.
+Hosts reach another subnet through a router only after :meth:`Host.add_route`; broadcasts never cross.
+The router can hide a subnet behind NAT (:meth:`Host.masquerade`) and forward ports to it
+(:meth:`Host.forward_port`), with nftables, or iptables when nft is missing. Routes name lab subnets
+only, and no lab link leads to the root namespace: still no packet leaves the lab.
+
 Faults a test can inject on a host: :meth:`Host.link_down` / :meth:`Host.link_up` (``ip link set``) and
 :meth:`Host.set_loss` (random packet loss with nftables ``numgen``, or iptables ``statistic`` when nft is
 missing; ``tc netem`` is not assumed to exist).
@@ -26,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-__all__ = ["Host", "Lab", "LabError", "loss_tool", "netns_unusable_reason", "reap_stale_labs"]
+__all__ = ["Host", "Lab", "LabError", "Subnet", "loss_tool", "nat_tool", "netns_unusable_reason", "reap_stale_labs"]
 
 _labs = itertools.count(1)
 
@@ -105,9 +113,42 @@ def loss_tool() -> str | None:
     return None
 
 
+_NFT_NAT = ("add table ip dispynat\n"
+            "add chain ip dispynat prerouting { type nat hook prerouting priority dstnat; policy accept; }\n"
+            "add chain ip dispynat postrouting { type nat hook postrouting priority srcnat; policy accept; }\n")
+"""The NAT table and its chains (``add`` does nothing when they exist), before each rule."""
+
+
+def nat_tool() -> str | None:
+    """The tool :meth:`Host.masquerade` and :meth:`Host.forward_port` use: ``"nft"``, ``"iptables"`` or None."""
+    return loss_tool()
+
+
+@dataclass
+class Subnet:
+    """A LAN of the lab: a bridge in the lab's "lan" namespace and a /24 (``prefix`` .0/24)."""
+
+    name: str
+    bridge: str
+    prefix: str
+    hosts: int = 0
+    """Hosts on it so far (addresses ``prefix``.11, .12, ...)."""
+    routers: int = 0
+    """Routers on it so far (addresses ``prefix``.1, .2, ...)."""
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.prefix}.0/24"
+
+    @property
+    def pattern(self) -> str:
+        """The dispy wildcard for its hosts (``nodes=['10.232.3.*']``)."""
+        return f"{self.prefix}.*"
+
+
 @dataclass
 class Host:
-    """One namespace of the lab with an address on the lab's bridge."""
+    """One namespace of the lab with an address on the lab's bridge (a router: one on each subnet)."""
 
     lab: Lab
     name: str
@@ -116,6 +157,46 @@ class Host:
     bridge_port: str
     link: str = "eth0"
     loss_rules: str | None = None
+    addrs: dict[str, str] = field(default_factory=dict)
+    """Subnet name -> this host's address there."""
+    links: dict[str, str] = field(default_factory=dict)
+    """Subnet name -> this host's link on it."""
+    nat_rules: str | None = None
+
+    def address_on(self, subnet: Subnet) -> str:
+        return self.addrs[subnet.name]
+
+    def add_route(self, subnet: Subnet, via: str) -> None:
+        """Packets for ``subnet`` go through the router at ``via`` (an address on this host's subnet)."""
+        _ip("-n", self.netns, "route", "add", subnet.cidr, "via", via)
+
+    def masquerade(self, subnet: Subnet) -> None:
+        """NAT: what this router sends out on ``subnet`` leaves with its address there (and a port of its
+        choosing); the answers find their way back through the connection tracking."""
+        link = self.links[subnet.name]
+        self._nat(f'add rule ip dispynat postrouting oifname "{link}" masquerade',
+                  ["-t", "nat", "-A", "POSTROUTING", "-o", link, "-j", "MASQUERADE"])
+
+    def forward_port(self, subnet: Subnet, port: int, to_addr: str, protocols: Sequence[str] = ("tcp", "udp")) -> None:
+        """A port forward: ``port`` of this router's address on ``subnet`` leads to ``to_addr`` (same port)."""
+        addr = self.address_on(subnet)
+        for proto in protocols:
+            self._nat(f"add rule ip dispynat prerouting ip daddr {addr} {proto} dport {port} dnat to {to_addr}:{port}",
+                      ["-t", "nat", "-A", "PREROUTING", "-d", addr, "-p", proto, "--dport", str(port), "-j", "DNAT",
+                       "--to-destination", f"{to_addr}:{port}"])
+
+    def _nat(self, nft_rule: str, iptables_args: list[str]) -> None:
+        tool = nat_tool()
+        if tool == "nft":
+            proc = subprocess.run(self.argv("nft", "-f", "-"), input=_NFT_NAT + nft_rule + "\n", capture_output=True,
+                                  text=True, timeout=30)
+        elif tool == "iptables":
+            proc = self.run("iptables", *iptables_args)
+        else:
+            raise LabError("NAT needs nft or iptables; neither is installed")
+        if proc.returncode != 0:
+            raise LabError(f"{tool} in {self.netns}: {proc.stderr.strip()}")
+        self.nat_rules = tool
 
     def argv(self, *command: str) -> list[str]:
         """``command`` run inside this host (``ip netns exec`` execs it: the child's pid is the command's)."""
@@ -203,7 +284,9 @@ class Lab:
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     tag: str = ""
     subnet: str = ""
+    subnets: dict[str, Subnet] = field(default_factory=dict)
     _namespaces: list[str] = field(default_factory=list)
+    _ports: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _closed: bool = False
 
     def __post_init__(self) -> None:
@@ -213,11 +296,27 @@ class Lab:
         self.bridge = f"br{os.getpid()}"[:15]
         try:
             self._add_netns(self.lan)
-            _ip("-n", self.lan, "link", "add", self.bridge, "type", "bridge")
-            _ip("-n", self.lan, "link", "set", self.bridge, "up")
+            self._add_bridge(self.bridge)
         except BaseException:
             self.close()
             raise
+        self.subnets["lan"] = Subnet("lan", self.bridge, self.subnet)
+
+    def _add_bridge(self, bridge: str) -> None:
+        _ip("-n", self.lan, "link", "add", bridge, "type", "bridge")
+        _ip("-n", self.lan, "link", "set", bridge, "up")
+
+    def add_subnet(self, name: str) -> Subnet:
+        """Another LAN: a bridge of its own in the "lan" namespace, the /24 ``10.(231 + k).<lab>``."""
+        if name in self.subnets:
+            raise ValueError(f"subnet {name!r} already exists")
+        k = len(self.subnets)
+        if k > 24:
+            raise ValueError("a lab has at most 25 subnets")
+        subnet = Subnet(name, f"b{os.getpid()}s{k}"[:15], f"10.{231 + k}.{self.index % 250}")
+        self._add_bridge(subnet.bridge)
+        self.subnets[name] = subnet
+        return subnet
 
     def __enter__(self) -> Lab:
         return self
@@ -230,21 +329,52 @@ class Lab:
         self._namespaces.append(name)
         _ip("-n", name, "link", "set", "lo", "up")
 
-    def add_host(self, name: str) -> Host:
-        """A new host ``name`` with the next address of the lab's /24, its link up."""
+    def add_host(self, name: str, subnet: Subnet | None = None) -> Host:
+        """A new host ``name`` with the next address of ``subnet`` (the lab's first /24 by default), its
+        link up."""
+        subnet = subnet or self.subnets["lan"]
         if name in self.hosts:
             raise ValueError(f"host {name!r} already exists")
-        index = len(self.hosts) + 1
+        subnet.hosts += 1
         netns = f"{self.tag}-{name}"
-        port = f"v{os.getpid()}h{index}"[:15]
-        host = Host(self, name, netns, f"{self.subnet}.{10 + index}", port)
+        addr = f"{subnet.prefix}.{10 + subnet.hosts}"
         self._add_netns(netns)
-        _ip("-n", self.lan, "link", "add", port, "type", "veth", "peer", "name", host.link, "netns", netns)
-        _ip("-n", self.lan, "link", "set", port, "master", self.bridge, "up")
-        _ip("-n", netns, "addr", "add", f"{host.addr}/24", "dev", host.link)
-        _ip("-n", netns, "link", "set", host.link, "up")
+        host = Host(self, name, netns, addr, self._plug(netns, "eth0", subnet, addr))
+        host.addrs[subnet.name], host.links[subnet.name] = addr, "eth0"
         self.hosts[name] = host
         return host
+
+    def add_router(self, name: str, *subnets: Subnet) -> Host:
+        """A host with a link on each of ``subnets`` (``eth0``, ``eth1``, ...) that forwards IPv4 between
+        them; its address on each is the subnet's next router address (``.1`` first)."""
+        if name in self.hosts:
+            raise ValueError(f"host {name!r} already exists")
+        if len(subnets) < 2:
+            raise ValueError("a router joins at least two subnets")
+        netns = f"{self.tag}-{name}"
+        self._add_netns(netns)
+        host = Host(self, name, netns, "", "")
+        self.hosts[name] = host  # killed and deleted with the lab even if what follows fails
+        for i, subnet in enumerate(subnets):
+            subnet.routers += 1
+            addr, link = f"{subnet.prefix}.{subnet.routers}", f"eth{i}"
+            port = self._plug(netns, link, subnet, addr)
+            host.addrs[subnet.name], host.links[subnet.name] = addr, link
+            if i == 0:
+                host.addr, host.bridge_port = addr, port
+        forward = host.run("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+        if forward.returncode != 0:
+            raise LabError(f"cannot turn IPv4 forwarding on in {netns}: {forward.stderr.strip()}")
+        return host
+
+    def _plug(self, netns: str, link: str, subnet: Subnet, addr: str) -> str:
+        """A veth from ``netns`` (named ``link``, with ``addr``/24, up) to a new port of ``subnet``'s bridge."""
+        port = f"v{os.getpid()}h{next(self._ports)}"[:15]
+        _ip("-n", self.lan, "link", "add", port, "type", "veth", "peer", "name", link, "netns", netns)
+        _ip("-n", self.lan, "link", "set", port, "master", subnet.bridge, "up")
+        _ip("-n", netns, "addr", "add", f"{addr}/24", "dev", link)
+        _ip("-n", netns, "link", "set", link, "up")
+        return port
 
     def close(self) -> None:
         """Kill what runs in the lab (by pid), reap it, delete the namespaces; safe to call twice."""
