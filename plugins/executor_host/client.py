@@ -4,6 +4,10 @@ Runs on the node's event loop with no threads of its own and no polling: the hos
 through an asyncio subprocess protocol, is cut into frames by :mod:`ipc` and turned into
 ``ExecutorEvents`` calls. Nothing received is ever unpickled: results, output and files stay opaque
 bytes. Anything malformed marks only that computation broken (its jobs Terminated with the reason).
+
+Each host runs in a cgroup of its own where the node can make one (:mod:`cgroups`); when the host is
+gone, whatever is left in it is killed and the group removed. Without one, a host that died (rather
+than exited) has the processes its jobs started looked for by their marker (:mod:`proctree`).
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
+from dispy_core import joblimits
 from dispy_core.errors import ComputationBroken, ConfigError, DispyError, ExecutionError, SetupError
 from dispy_core.interfaces import ComputationSpec, ExecutorEvents, JobOutcome
 from dispy_core.status import JobStatus
 from dispy_plugins.executor_host import ipc, namespace, proctree
+from dispy_plugins.executor_host.cgroups import Cgroup, CgroupRoot
 from dispy_plugins.executor_host.namespace import CompInfo
 
 logger = logging.getLogger("dispy.node.executor")
@@ -30,6 +37,7 @@ DEFAULT_SPARES = {"fork": 8, "spawn": 2}
 CANCEL_GRACE = 5.0
 """Seconds a cancelled job has to end after its KeyboardInterrupt (the node passes no other value)."""
 _EXIT_GRACE = 1.0  # after the host exits, how long its pipe may stay open (a leaked fd) before we give up
+_GROUP_REMOVE_TIMEOUT = 2.0  # seconds the processes of a killed cgroup may take to leave it
 
 
 def _int(value: Any) -> int:
@@ -66,6 +74,8 @@ class _HostLink(asyncio.SubprocessProtocol):
         self.pid = 0
         self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._exit_timer: asyncio.TimerHandle | None = None
+        self.group: Cgroup | None = None  # the host's cgroup, where the node could make one
+        self.released: asyncio.Task[None] | None = None  # the group's removal, once the host is gone
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -180,11 +190,35 @@ class _HostLink(asyncio.SubprocessProtocol):
         if not self.broken and (self.running or not self.closing):
             self.broken = reason
         self._kill()
+        self._end_leftovers(clean=code == 0)
         self._terminate_running(reason + "; the job's result is lost")
         self.control.put_nowait(("gone", {"reason": self.broken or reason}))
         self.gone.set_result(None)
         if self.transport is not None:
             self.transport.close()
+
+    def _end_leftovers(self, clean: bool) -> None:
+        """The host is gone: nothing it or its jobs started may outlive it.
+
+        With a cgroup, kill what is in it and remove it. Without, a host that exited by itself has
+        ended its jobs' processes (its zygote those of dead jobs); one that was killed could not, so
+        look for them by their marker (a scan of all processes: only then).
+        """
+        if self.group is not None:
+            self.group.kill()
+            self.released = asyncio.get_running_loop().create_task(self._remove_group(self.group))
+        elif not clean and self.pid:
+            proctree.kill_tree(self.pid, proctree.marked(proctree.host_marker(self.pid), prefix=True))
+
+    async def _remove_group(self, group: Cgroup) -> None:
+        deadline = time.monotonic() + _GROUP_REMOVE_TIMEOUT
+        while not group.remove():
+            if time.monotonic() > deadline:
+                logger.warning("computation %s: cgroup %s still has processes %s; left in place", self.comp_id,
+                               group.path, group.pids())
+                return
+            group.kill()
+            await asyncio.sleep(0.02)
 
     def _terminate_running(self, reason: str) -> None:
         running, self.running = self.running, {}
@@ -212,8 +246,11 @@ class HostExecutor:
     Subclasses pick ``mode``: "fork" (jobs fork from the host) or "spawn" (a fresh interpreter per job).
     Settings read from the node config: ``executor.max_frame`` (bytes, default 256 MiB),
     ``executor.start_timeout`` (seconds a host may take to load the computation, default 60) and
-    ``executor.<mode>.spares`` (job processes kept started ahead of need, default 8 forked or 2 spawned)
-    and ``executor.fork.zygote`` (false: the host forks job processes itself, not its fork server).
+    ``executor.<mode>.spares`` (job processes kept started ahead of need, default 8 forked or 2 spawned),
+    ``executor.fork.zygote`` (false: the host forks job processes itself, not its fork server), the
+    ceilings of job limits ``executor.max_memory`` / ``max_cpu_time`` / ``max_open_files`` (see
+    :mod:`dispy_core.joblimits`; a client asks for less, or gets these) and ``executor.cgroup`` (false:
+    make no cgroup per computation even where the node could).
 
     The computation's serializer (``spec.serializer``, a name) is made here by its plugin, through a
     plugin manager, once per name; host and job processes get it pickled (see
@@ -234,6 +271,13 @@ class HostExecutor:
             raise ConfigError(f"executor.{self.mode}.spares must be an integer of at least 1, not {spares!r}")
         self.spares = spares
         self.zygote = bool(get(f"executor.{self.mode}.zygote", True)) if get else True
+        try:
+            self.ceilings = joblimits.node_ceilings(get)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.use_cgroup = bool(get("executor.cgroup", True)) if get else True
+        self._cgroups: CgroupRoot | None = None
+        self._cgroups_probed = False
         self.config = config
         self._links: dict[str, _HostLink] = {}
         self._serializers: dict[str, bytes] = {}  # serializer name -> the plugin-made serializer, pickled
@@ -253,6 +297,7 @@ class HostExecutor:
                                        **kwargs)
         except OSError as exc:
             raise SetupError(f"cannot start the computation host process: {exc}") from exc
+        link.group = self._cgroup_for(link.pid)  # before the host forks anything: it learns its job next
         self._links[comp_id] = link
         try:
             await self._setup(link, spec, serializer)
@@ -263,6 +308,31 @@ class HostExecutor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(link.gone), 5.0)
             raise
+
+    def _cgroup_for(self, pid: int) -> Cgroup | None:
+        """A new cgroup holding ``pid``, or None where the node cannot make one (said once)."""
+        if not self.use_cgroup or os.name != "posix":
+            return None
+        if not self._cgroups_probed:
+            self._cgroups_probed = True
+            self._cgroups, why = CgroupRoot.find()
+            if self._cgroups is None:
+                logger.info("no cgroup per computation (%s); jobs' processes are ended by their job processes "
+                            "and the fork server", why)
+            else:
+                logger.debug("a cgroup per computation, in %s", self._cgroups.parent)
+        if self._cgroups is None:
+            return None
+        group = self._cgroups.make()
+        if group is None:
+            return None
+        try:
+            group.add(pid)
+        except OSError as exc:
+            logger.info("cannot move a computation's host into cgroup %s (%s); going on without", group.path, exc)
+            group.remove()
+            return None
+        return group
 
     def _serializer_blob(self, name: str) -> bytes:
         """The serializer named ``name``, made by its plugin and pickled (empty: the host builds it)."""
@@ -275,9 +345,21 @@ class HostExecutor:
             blob = self._serializers[name] = namespace.serializer_blob(serializer)
         return blob
 
+    def _limits(self, spec: ComputationSpec) -> dict[str, int]:
+        """The client's job limits (``job_limits``) under this node's ceilings."""
+        try:
+            asked = joblimits.check_job_limits(spec.extra.get("job_limits"))
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+        return joblimits.combine(asked, self.ceilings)
+
     async def _setup(self, link: _HostLink, spec: ComputationSpec, serializer: bytes) -> None:
+        extra = {k: v for k, v in spec.extra.items() if k != "job_limits"}
+        limits = self._limits(spec)
+        if limits:
+            extra["limits"] = limits
         info = CompInfo.of(spec, max_frame=self.max_frame, serializer_blob=serializer,
-                           extra={"spares": self.spares, "zygote": self.zygote, **spec.extra})
+                           extra={"spares": self.spares, "zygote": self.zygote, **extra})
         header, blobs = info.to_frame()
         link.send(header, blobs)
         timeout: float | None = self.start_timeout
@@ -355,6 +437,8 @@ class HostExecutor:
                 link._kill()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(link.gone), 5.0)
+            if link.released is not None:  # the node may be stopping: remove the group before it exits
+                await asyncio.shield(link.released)
         finally:
             self._links.pop(comp_id, None)
 

@@ -24,6 +24,11 @@ node with the reason (the node side enforces the time limit and kills this proce
 A cancelled job gets SIGINT (KeyboardInterrupt) and ``grace`` seconds to end; then its process group
 and every process it started (see :mod:`proctree`) get SIGTERM, then SIGKILL. Its ``done`` is sent
 exactly once, even if the process cannot be reaped.
+
+A job that ends by itself ends what it started (see :mod:`containment`): the job process does it before
+its result leaves; the zygote does it for a job process that died. Each job process's fds 1 and 2 are
+pipes read here (see :mod:`capture`): the job's stdout and stderr come from them, read dry when the
+result arrives.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from dispy_core.joblimits import summary
 from dispy_core.status import JobStatus
-from dispy_plugins.executor_host import ipc, lazylog, namespace, proctree, runtime
+from dispy_plugins.executor_host import containment, ipc, lazylog, namespace, proctree, rlimits, runtime
+from dispy_plugins.executor_host.capture import OUTPUT_CAP, Captured, FdCapture
 from dispy_plugins.executor_host.lazylog import LazyLogger
 from dispy_plugins.executor_host.namespace import CompInfo
 
@@ -77,13 +84,18 @@ class _Proc:
     ``jobs_per_process`` above 1, a spare again after each job until it has run that many."""
 
     __slots__ = ("uid", "pid", "pipe", "wfd", "popen", "reader", "result", "cancelled", "status", "start",
-                 "procs", "bad", "reported", "token", "runs")
+                 "procs", "bad", "reported", "token", "runs", "out", "err", "outbuf", "errbuf")
 
-    def __init__(self, pid: int, pipe: int, wfd: int, max_frame: int, popen: Any = None) -> None:
+    def __init__(self, pid: int, pipe: int, wfd: int, max_frame: int, popen: Any = None,
+                 out: int = -1, err: int = -1) -> None:
         self.uid = -1  # -1 while a spare
         self.pid = pid
         self.pipe = pipe  # read end of the job's result pipe
         self.wfd = wfd  # write end of its argument pipe, -1 once the job is handed over
+        self.out = out  # read ends of the pipes that are its fds 1 and 2 during a job (-1 once closed)
+        self.err = err
+        self.outbuf = Captured()
+        self.errbuf = Captured()
         self.popen = popen
         self.reader = ipc.FrameReader(max_frame)
         self.result: ipc.Frame | None = None
@@ -206,6 +218,8 @@ class Host:
         self.zygote: ZygoteLink | None = None  # the fork server, in fork mode (see _start_zygote)
         self.requested: dict[str, _Proc] = {}  # job processes asked of the zygote, by token
         self.forked: dict[int, _Proc] = {}  # job processes the zygote forked and has not reported gone
+        self.limits: dict[str, int] = {}  # the job limits the node decided (joblimits), set in each job
+        self.stray = 0  # bytes of output that came while no job ran (dropped)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -320,6 +334,7 @@ class Host:
         limit = info.extra.get("max_file_size", 0)
         self.max_file_size = limit if type(limit) is int and limit > 0 else 0
         self.jobs_per_process = namespace.jobs_per_process(info)  # before the zygote copies this process
+        self.limits = namespace.job_limits(info)
         try:
             os.chdir(info.work_dir)
             self.serializer = namespace.load_serializer(info)
@@ -364,6 +379,7 @@ class Host:
                 changed = namespace.changed_globals(self.ns, before, self.serializer)
                 self.shipped = self.serializer.dumps(changed) if changed else b""
                 self.held = namespace.take_globals(self.ns, before)
+            containment.prepare()  # jobs make themselves subreapers with it (loaded once, here)
             gc.collect()
             gc.freeze()  # forked jobs then share the host's pages instead of touching them
             if info.extra.get("zygote", True) is not False:
@@ -429,24 +445,26 @@ class Host:
         assert info is not None
         r_args, w_args = os.pipe()
         r_res, w_res = os.pipe()
+        r_out, w_out = os.pipe()
+        r_err, w_err = os.pipe()
         ipc.enlarge_pipe(w_args)
         ipc.enlarge_pipe(w_res)
         pid = os.fork()
         if pid == 0:  # the job process: wait for the job, run it, report, exit; never back into the loop
             try:
-                ipc.close_quietly((*self.fds, w_args, r_res))
-                self._job_process_main(r_args, w_res)
+                ipc.close_quietly((*self.fds, w_args, r_res, r_out, r_err))
+                self._job_process_main(r_args, w_res, w_out, w_err)
             finally:
                 os._exit(0)
-        os.close(r_args)
-        os.close(w_res)
-        return self._track(_Proc(pid, r_res, w_args, info.max_frame or ipc.DEFAULT_MAX_FRAME))
+        ipc.close_quietly((r_args, w_res, w_out, w_err))
+        return self._track(_Proc(pid, r_res, w_args, info.max_frame or ipc.DEFAULT_MAX_FRAME, out=r_out, err=r_err))
 
-    def _job_process_main(self, r_args: int, w_res: int) -> None:
-        """A forked job process (from this host or its zygote), holding only its two pipe ends."""
+    def _job_process_main(self, r_args: int, w_res: int, w_out: int, w_err: int) -> None:
+        """A forked job process (from this host or its zygote), holding only its four pipe ends."""
         info = self.info
         assert info is not None
         os.setsid()
+        containment.become_subreaper()  # what its job starts stays below it, to be ended with the job
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         self.exits.child_reset()
@@ -459,7 +477,8 @@ class Host:
                 error = ("cannot install setup's globals in the job process:\n"
                          f"{runtime.format_exception(exc, 0)}")
         reader = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME, views=True)
-        channel = runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame, self.max_file_size)
+        channel = runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame, self.max_file_size,
+                                     FdCapture(w_out, w_err), self.limits, self.jobs_per_process > 1)
         comp = info.computation
         runtime.serve_jobs(reader, channel, comp.kind, self.fn, comp.program, self.jobs_per_process, error,
                            interrupted, self.ns)
@@ -492,23 +511,23 @@ class Host:
         token = proctree.job_token(os.getpid(), next(self._spare_seq))
         r_args, w_args = os.pipe()
         r_res, w_res = os.pipe()
+        r_out, w_out = os.pipe()
+        r_err, w_err = os.pipe()
         ipc.enlarge_pipe(w_args)
         ipc.enlarge_pipe(w_res)
         try:
-            link.request(token, r_args, w_res)
+            link.request(token, [r_args, w_res, w_out, w_err])
             sent = True
         except OSError:
             sent = False
-        os.close(r_args)  # the zygote has its own copies now
-        os.close(w_res)
+        ipc.close_quietly((r_args, w_res, w_out, w_err))  # the zygote has its own copies now
         if not sent:
-            os.close(w_args)
-            os.close(r_res)
+            ipc.close_quietly((w_args, r_res, r_out, r_err))
             self._zygote_gone()
             return
-        proc = _Proc(0, r_res, w_args, info.max_frame or ipc.DEFAULT_MAX_FRAME)
+        proc = _Proc(0, r_res, w_args, info.max_frame or ipc.DEFAULT_MAX_FRAME, out=r_out, err=r_err)
         proc.token = token
-        self.fds.update((r_res, w_args))
+        self.fds.update((r_res, w_args, r_out, r_err))
         self.requested[token] = proc
 
     def _on_zygote(self) -> None:
@@ -565,22 +584,32 @@ class Host:
         if proc.wfd >= 0:
             self._close_fd(proc.wfd)
             proc.wfd = -1
+        self._close_output(proc)
 
     def _spawn_spare(self) -> _Proc:
         info = self.info
         assert info is not None
         import subprocess  # spawn mode only: see lazylog's docstring
 
-        popen = subprocess.Popen([sys.executable, "-m", "dispy_plugins.executor_host.jobmain"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=info.work_dir,
-                                 start_new_session=True)
+        r_out, w_out = os.pipe()
+        r_err, w_err = os.pipe()
+        try:
+            popen = subprocess.Popen([sys.executable, "-m", "dispy_plugins.executor_host.jobmain", str(w_out),
+                                      str(w_err)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     cwd=info.work_dir, start_new_session=True, pass_fds=(w_out, w_err))
+        except BaseException:
+            ipc.close_quietly((r_out, r_err))
+            raise
+        finally:
+            ipc.close_quietly((w_out, w_err))
         assert popen.stdin is not None and popen.stdout is not None
         wfd, pipe = os.dup(popen.stdin.fileno()), os.dup(popen.stdout.fileno())
         ipc.enlarge_pipe(wfd)
         ipc.enlarge_pipe(pipe)
         popen.stdin.close()
         popen.stdout.close()
-        proc = self._track(_Proc(popen.pid, pipe, wfd, info.max_frame or ipc.DEFAULT_MAX_FRAME, popen))
+        proc = self._track(_Proc(popen.pid, pipe, wfd, info.max_frame or ipc.DEFAULT_MAX_FRAME, popen,
+                                 out=r_out, err=r_err))
         try:
             ipc.write_all(wfd, self.spawn_init)
         except OSError:
@@ -589,7 +618,7 @@ class Host:
 
     def _track(self, proc: _Proc) -> _Proc:
         """Watch a process this host started itself (the zygote reports those it forks)."""
-        self.fds.update((proc.pipe, proc.wfd))
+        self.fds.update((proc.pipe, proc.wfd, proc.out, proc.err))
         self.exits.watch(proc.pid, lambda status: self._on_exit(proc, status))
         return proc
 
@@ -634,6 +663,10 @@ class Host:
         if proc.runs == 1:
             os.set_blocking(proc.pipe, False)
             self.sel.register(proc.pipe, selectors.EVENT_READ, lambda: self._on_pipe(proc))
+            for fd, buf in ((proc.out, proc.outbuf), (proc.err, proc.errbuf)):
+                if fd >= 0:
+                    os.set_blocking(fd, False)
+                    self.sel.register(fd, selectors.EVENT_READ, functools.partial(self._on_output, proc, fd, buf))
         self.send_started(uid, proc.pid, proc.start)
         self.spares_wanted = self.spares_target
 
@@ -655,6 +688,50 @@ class Host:
                 self.sel.unregister(proc.pipe)
             self._close_fd(proc.pipe)
             proc.pipe = -1
+
+    # ------------------------------------------------------------------ job output (its fds 1 and 2)
+    def _on_output(self, proc: _Proc, fd: int, buf: Captured) -> None:
+        if fd in (proc.out, proc.err):  # not closed earlier in this same batch of events
+            self._read_output(proc, fd, buf, 1 << 16)
+
+    def _read_output(self, proc: _Proc, fd: int, buf: Captured, budget: int) -> None:
+        """Read up to ``budget`` bytes of what waits in one of the job's output pipes."""
+        while budget > 0:
+            try:
+                data = os.read(fd, min(budget, 1 << 20))
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_output(proc, fd)
+                return
+            budget -= len(data)
+            if proc.uid >= 0 and not proc.reported:
+                buf.add(data)
+            else:  # no job runs (what a job left behind where it could not be ended): nobody's output
+                if not self.stray:
+                    logger.warning("output written while no job ran is dropped (job process %s)", proc.pid)
+                self.stray += len(data)
+
+    def _drain_output(self, proc: _Proc) -> None:
+        """Read the job's output pipes dry: its result is in, so all it wrote is there (see :mod:`capture`).
+
+        The bound only matters where a process the job started could not be ended and writes on.
+        """
+        for fd, buf in ((proc.out, proc.outbuf), (proc.err, proc.errbuf)):
+            if fd >= 0:
+                self._read_output(proc, fd, buf, 4 * OUTPUT_CAP)
+
+    def _close_output(self, proc: _Proc, fd: int | None = None) -> None:
+        """Close the job's output pipe ``fd``, or both."""
+        for attr in ("out", "err"):
+            mine = getattr(proc, attr)
+            if mine >= 0 and fd in (None, mine):
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(mine)
+                self._close_fd(mine)
+                setattr(proc, attr, -1)
 
     def _job_data(self, proc: _Proc, data: bytes) -> None:
         if proc.bad or proc.reported:
@@ -680,6 +757,7 @@ class Host:
                     return
                 self._close_pipe(proc)
                 self._report(proc)  # at once: the process's own teardown need not delay the result
+                self._close_output(proc)
                 return
             if op == "prov":
                 self.send({"op": "prov", "uid": proc.uid}, blobs[:1])
@@ -701,6 +779,7 @@ class Host:
                 self.spares.remove(proc)
                 logger.warning("idle job process %s", proctree.describe_wait_status(status))
             self._close_pipe(proc)
+            self._close_output(proc)
             return
         if proc.pipe >= 0 and proc.pipe in self.fds:  # what it wrote is in the pipe; a grandchild may hold it
             try:
@@ -713,14 +792,20 @@ class Host:
                 pass
             self._close_pipe(proc)
         self._report(proc)
+        self._close_output(proc)
 
     def _report(self, proc: _Proc) -> None:
         if proc.reported:
             return
+        self._drain_output(proc)
         proc.reported = True
         self.jobs.pop(proc.uid, None)
         if proc.cancelled:  # what the job started dies with it, even when it returned a value
             proctree.kill_tree(proc.pid, proctree.job_processes(proc.pid, proc.token, proc.procs))
+        elif proc.result is None:  # it died before reporting, so it could not end what it started
+            # the zygote ends what was re-parented to it; without one, look for them by their marker
+            known = proc.procs if self.zygote is not None else proctree.job_processes(proc.pid, proc.token, proc.procs)
+            proctree.kill_tree(proc.pid, known)
         now = time.time()
         blobs = [b"", b"", b""]
         if proc.result is not None and not proc.bad:
@@ -739,14 +824,24 @@ class Host:
                 status, exc = JobStatus.Cancelled, "Cancelled"
             else:
                 status = JobStatus.Terminated
-                exc = proc.bad or f"job process {proctree.describe_wait_status(proc.status or 0)}"
+                exc = proc.bad or self._death(proc.status or 0)
         done: dict[str, Any] = {"op": "done", "uid": proc.uid, "status": int(status), "exc": exc, "t0": t0,
                                 "t1": t1}
         started = self.deferred.pop(proc.uid, None)
         if started is not None:  # the node learns both from this one frame
             done["pid"], done["started"] = started["pid"], started["t"]
-        self.send(done, (list(blobs) + [b"", b"", b""])[:3])
+        blobs = (list(blobs) + [b"", b"", b""])[:3]
+        self.send(done, [blobs[0], proc.outbuf.take(blobs[1]), proc.errbuf.take(blobs[2])])
         self._maybe_finish_close()
+
+    def _death(self, status: int) -> str:
+        """How a job process ended without a result, with the limit that explains it (if any)."""
+        text = f"job process {proctree.describe_wait_status(status)}"
+        if os.WIFSIGNALED(status):
+            why = rlimits.explain_signal(os.WTERMSIG(status), self.limits)
+            if why:
+                return f"{why} ({text})"
+        return f"{text} (the job's limits: {summary(self.limits)})" if self.limits else text
 
     def _cancel(self, uid: int, grace: float) -> None:
         proc = self.jobs.get(uid)
@@ -813,6 +908,7 @@ def main(argv: list[str] | None = None) -> int:
     os.set_blocking(ctl_out, True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lazylog.mark_host()
+    lazylog.keep_log_fd()
     host = Host(mode, ctl_in, ctl_out)
     host.run()
     return 0

@@ -4,21 +4,43 @@
 copy) many more pages: on a slow VM that doubled the CPU cost of each job. Hosts that log nothing
 never pay for it.
 
-Records go to the process's real stderr (``sys.__stderr__``), which host and job processes inherit
-from the node: so ``dispynode_logger`` in a job writes to the node's log, not into the job's captured
-``stderr`` (a job swaps ``sys.stderr`` while it runs, and the first record may come from inside it).
+Records go to the node's log: the stderr host and job processes inherit from the node, through a
+duplicate of fd 2 taken at their start (:func:`keep_log_fd`), because while a job runs its fds 1 and 2
+are pipes into the job's own ``stdout``/``stderr``. So ``dispynode_logger`` in a job writes to the
+node's log, not into what the job captures (and the first record may come from inside a job).
 Each line names its process, "host" or "job", from the record's pid: a forked job needs no call (and
 touches no page) to be labelled right, even with handlers the host configured before the fork.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from typing import Any
 
 HOST_PID = 0
 """The computation host's pid (``mark_host``); records from any other process are a job's."""
+
+_LOG_FD = -1
+"""A duplicate of the node's log (fd 2 at the process's start), see :func:`keep_log_fd`."""
+
+
+def keep_log_fd() -> None:
+    """Remember where the node's log is, before a job's output capture takes fds 1 and 2."""
+    global _LOG_FD
+    if _LOG_FD < 0:
+        try:
+            _LOG_FD = os.dup(2)
+        except OSError:
+            pass
+
+
+def _log_stream() -> Any:
+    if _LOG_FD >= 0:
+        return io.TextIOWrapper(io.FileIO(_LOG_FD, "w", closefd=False), encoding="utf-8",
+                                errors="backslashreplace", line_buffering=True)
+    return sys.__stderr__ or sys.stderr
 
 
 class LazyLogger:
@@ -34,7 +56,7 @@ class LazyLogger:
 
             root = logging.getLogger()
             if not root.handlers:
-                handler = logging.StreamHandler(sys.__stderr__ or sys.stderr)
+                handler = logging.StreamHandler(_log_stream())
                 handler.setFormatter(_formatter())
                 root.addHandler(handler)
                 root.setLevel(logging.INFO)

@@ -78,6 +78,14 @@ def jobs_per_process(info: CompInfo) -> int:
     return value if type(value) is int and value >= 1 else 1
 
 
+def job_limits(info: CompInfo) -> dict[str, int]:
+    """The limits each job gets (the node combined the client's with its own; see ``dispy_core.joblimits``)."""
+    limits = info.extra.get("limits")
+    if not isinstance(limits, dict):
+        return {}
+    return {k: v for k, v in limits.items() if type(k) is str and type(v) is int and v > 0}
+
+
 def install_user_main() -> dict[str, Any]:
     """A fresh ``__main__`` module for user code (the host's own module must not leak into it)."""
     module = types.ModuleType("__main__")

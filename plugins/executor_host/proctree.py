@@ -24,7 +24,12 @@ JOB_ENV = "DISPY_JOB_TOKEN"
 
 def job_token(host_pid: int, uid: int) -> str:
     """The marker of job ``uid`` of the host ``host_pid`` (unique while that host lives)."""
-    return f"{host_pid}:{uid}"
+    return f"{host_marker(host_pid)}{uid}"
+
+
+def host_marker(host_pid: int) -> str:
+    """What the markers of every job of the host ``host_pid`` start with (see :func:`marked`)."""
+    return f"{host_pid}:"
 
 
 def describe_wait_status(status: int) -> str:
@@ -62,8 +67,9 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def marked(token: str) -> list[psutil.Process]:
-    """This user's processes whose environment carries ``token`` (programs a job started)."""
+def marked(token: str, prefix: bool = False) -> list[psutil.Process]:
+    """This user's processes whose environment carries ``token`` (programs a job started); with
+    ``prefix``, any marker starting with it (every job of one host: :func:`host_marker`)."""
     import psutil
 
     if not token:
@@ -74,7 +80,8 @@ def marked(token: str) -> list[psutil.Process]:
         try:
             if proc.pid == me or (uid is not None and proc.uids().real != uid):
                 continue
-            if proc.environ().get(JOB_ENV) == token:
+            mark = proc.environ().get(JOB_ENV)
+            if mark is not None and (mark.startswith(token) if prefix else mark == token):
                 found.append(proc)
         except psutil.Error:
             continue

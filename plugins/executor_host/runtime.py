@@ -2,6 +2,8 @@
 
 A job writes frames to its own pipe to the host: ``prov`` (a provisional result), ``file`` (a file it
 sends) and, last, ``result``. It never returns into the host's loop: the caller ``os._exit``\\ s.
+Around each job: its fds 1 and 2 go to the host (:mod:`capture`), its limits are set (:mod:`rlimits`),
+and before the result leaves, every process it started is ended (:mod:`containment`).
 """
 
 from __future__ import annotations
@@ -17,27 +19,32 @@ import time
 import traceback
 from typing import Any
 
-from dispy_plugins.executor_host import ipc
-
-OUTPUT_CAP = 16 * 1024 * 1024
-"""stdout/stderr beyond this many bytes are cut (a note says so) to keep the result frame bounded."""
+from dispy_plugins.executor_host import containment, ipc, rlimits
+from dispy_plugins.executor_host.capture import FdCapture, StringCapture, capped
 
 
 class JobChannel:
     """The job's end of its pipe to the host (blocking writes, one frame per write).
 
     ``max_file_size`` (0 = no limit) is the node's bound for a file a job sends; the node enforces it
-    too, the job refuses larger files early, without reading them.
+    too, the job refuses larger files early, without reading them. ``output``: the pipes to the host
+    that become the job's fds 1 and 2 (None: ``print`` only, into the result frame). ``limits``: the
+    job limits to set for each job (``reused``: this process may run further jobs).
     """
 
-    __slots__ = ("fd", "serializer", "work_dir", "max_frame", "max_file_size")
+    __slots__ = ("fd", "serializer", "work_dir", "max_frame", "max_file_size", "output", "limits", "reused")
 
-    def __init__(self, fd: int, serializer: Any, work_dir: str, max_frame: int, max_file_size: int = 0) -> None:
+    def __init__(self, fd: int, serializer: Any, work_dir: str, max_frame: int, max_file_size: int = 0,
+                 output: FdCapture | None = None, limits: dict[str, int] | None = None,
+                 reused: bool = False) -> None:
         self.fd = fd
         self.serializer = serializer
         self.work_dir = work_dir
         self.max_frame = max_frame or ipc.DEFAULT_MAX_FRAME
         self.max_file_size = max(0, int(max_file_size or 0))
+        self.output = output
+        self.limits = limits or {}
+        self.reused = reused
 
     def send(self, header: dict[str, Any], blobs: list[bytes]) -> bool:
         """Write one frame; False if it would exceed the frame bound.
@@ -150,13 +157,6 @@ def format_exception(exc: BaseException, skip_frames: int = 1) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
-def _capped(text: str) -> bytes:
-    data = text.encode("utf-8", "replace")
-    if len(data) > OUTPUT_CAP:
-        data = data[:OUTPUT_CAP] + b"\n[output truncated by dispynode]\n"
-    return data
-
-
 def run_job(kind: str, fn: Any, program: str, args_blob: bytes, channel: JobChannel,
             ns: dict[str, Any] | None = None) -> None:
     """Run one job and write its ``result`` frame; never raises (the caller exits right after).
@@ -166,15 +166,22 @@ def run_job(kind: str, fn: Any, program: str, args_blob: bytes, channel: JobChan
     global _channel
     _channel = channel
     start = time.time()
+    capture = channel.output or StringCapture()
     try:
-        if kind == "program":
-            header, blobs = _run_program(program, args_blob, channel)
-        else:
-            header, blobs = _run_function(fn, args_blob, channel, ns)
-    except BaseException as exc:  # a failure of dispy's own code: still report it
-        header = {"ok": False, "exc": format_exception(exc, 0),
-                  "interrupted": isinstance(exc, KeyboardInterrupt)}
-        blobs = [_none(channel), b"", b""]
+        try:
+            capture.begin()
+            rlimits.apply(channel.limits, channel.reused)
+            if kind == "program":
+                header, blobs = _run_program(program, args_blob, channel)
+            else:
+                header, blobs = _run_function(fn, args_blob, channel, ns)
+        except BaseException as exc:  # a failure of dispy's own code: still report it
+            header = {"ok": False, "exc": format_exception(exc, 0),
+                      "interrupted": isinstance(exc, KeyboardInterrupt)}
+            blobs = [_none(channel), b"", b""]
+    finally:
+        out, err = _end_job(capture, channel)
+    blobs = [blobs[0], blobs[1] + out, blobs[2] + err]
     header["op"] = "result"
     header["t0"] = start
     header["t1"] = time.time()
@@ -189,6 +196,26 @@ def run_job(kind: str, fn: Any, program: str, args_blob: bytes, channel: JobChan
         channel.send(header, [_none(channel), b"", b""])
 
 
+def _end_job(capture: FdCapture | StringCapture, channel: JobChannel) -> tuple[bytes, bytes]:
+    """Restore the job process's output, end every process the job started; what ``print`` captured.
+
+    A cancel's KeyboardInterrupt is held back meanwhile (this must finish whatever happens); one that
+    arrives now comes too late to change the job's outcome and is dropped.
+    """
+    if _SIGMASK is not None:
+        _SIGMASK(signal.SIG_BLOCK, _HELD)
+    try:
+        rlimits.release(channel.limits)
+        containment.end_descendants()  # before the pipes are read dry: they wrote what they wrote
+        return capture.end()
+    finally:
+        if _SIGMASK is not None:
+            try:
+                _SIGMASK(signal.SIG_UNBLOCK, _HELD)
+            except KeyboardInterrupt:
+                pass
+
+
 def warm_up(channel: JobChannel) -> None:
     """Walk a job's path once with nothing in it, while this process is still an idle spare.
 
@@ -199,7 +226,7 @@ def warm_up(channel: JobChannel) -> None:
     try:
         out = io.StringIO()
         out.write("")
-        _capped(out.getvalue())
+        capped(out.getvalue().encode())
         args, kwargs = channel.serializer.loads(channel.serializer.dumps(((0,), {})))
         ipc.encode({"op": "result", "ok": True, "interrupted": False, "exc": "", "t0": time.time(),
                     "t1": time.time()}, [channel.serializer.dumps(args), b"", b""])
@@ -243,9 +270,7 @@ def _none(channel: JobChannel) -> bytes:
 
 def _run_function(fn: Any, args_blob: bytes, channel: JobChannel,
                   ns: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[bytes]]:
-    out, err = io.StringIO(), io.StringIO()
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
+    """Call the computation; its output is the caller's (``run_job`` captures it around this)."""
     ok, interrupted, exc_text, result_blob = True, False, "", b""
     own: Any = None
     try:
@@ -258,7 +283,7 @@ def _run_function(fn: Any, args_blob: bytes, channel: JobChannel,
         except KeyboardInterrupt as exc:
             ok, interrupted, exc_text = False, True, format_exception(exc)
         except BaseException as exc:
-            ok, exc_text = False, format_exception(exc)
+            ok, exc_text = False, format_exception(exc) + rlimits.explain_exception(exc, channel.limits)
         else:
             try:
                 result_blob = channel.serializer.dumps(result)
@@ -267,13 +292,11 @@ def _run_function(fn: Any, args_blob: bytes, channel: JobChannel,
                 kind = type(result).__name__
                 exc_text = f"the job's result (a {kind} object) cannot be serialized: {exc}\n"
     finally:
-        sys.stdout, sys.stderr = saved
         if own is not None:  # after the result is serialized: it may be an instance of their classes
             own.remove()
     if not ok:
         result_blob = _none(channel)
-    return ({"ok": ok, "interrupted": interrupted, "exc": exc_text},
-            [result_blob, _capped(out.getvalue()), _capped(err.getvalue())])
+    return {"ok": ok, "interrupted": interrupted, "exc": exc_text}, [result_blob, b"", b""]
 
 
 def _install_own(loaded: tuple[Any, ...], channel: JobChannel, ns: dict[str, Any] | None) -> tuple[Any, Any]:
@@ -308,13 +331,19 @@ def program_command(program: str, work_dir: str, args: list[str]) -> list[str]:
 
 
 def _run_program(program: str, args_blob: bytes, channel: JobChannel) -> tuple[dict[str, Any], list[bytes]]:
+    """Run a program computation; its exit status is the result.
+
+    With the host's pipes as fds 1 and 2 the program (and whatever it starts) writes straight into
+    them, so nothing is buffered here and a daemon it leaves holding them cannot keep the job waiting.
+    """
     args, _kwargs = channel.serializer.loads(args_blob)
     cmd = program_command(program, channel.work_dir, [str(a) for a in args])
     import subprocess  # here, not at the top: see lazylog's docstring (threading and fork costs)
 
+    piped = channel.output is None
+    stream = subprocess.PIPE if piped else None
     try:
-        proc = subprocess.Popen(cmd, cwd=channel.work_dir, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, cwd=channel.work_dir, stdin=subprocess.DEVNULL, stdout=stream, stderr=stream)
     except OSError as exc:
         return ({"ok": False, "interrupted": False, "exc": f"cannot start program {cmd[0]!r}: {exc}\n"},
                 [_none(channel), b"", b""])
@@ -326,8 +355,11 @@ def _run_program(program: str, args_blob: bytes, channel: JobChannel) -> tuple[d
         if hasattr(signal, "SIGINT"):
             proc.send_signal(signal.SIGINT)
         out, err = proc.communicate()
+    blobs = [channel.serializer.dumps(proc.returncode), capped(out or b""), capped(err or b"")]
     if interrupted:
-        return ({"ok": False, "interrupted": True, "exc": "KeyboardInterrupt\n"},
-                [channel.serializer.dumps(proc.returncode), out[:OUTPUT_CAP], err[:OUTPUT_CAP]])
-    return ({"ok": True, "interrupted": False, "exc": ""},
-            [channel.serializer.dumps(proc.returncode), out[:OUTPUT_CAP], err[:OUTPUT_CAP]])
+        return {"ok": False, "interrupted": True, "exc": "KeyboardInterrupt\n"}, blobs
+    code = proc.returncode
+    why = rlimits.explain_signal(-code, channel.limits) if code is not None and code < 0 else ""
+    if why:
+        return {"ok": False, "interrupted": False, "exc": f"{why} (the program was killed by SIGXCPU)\n"}, blobs
+    return {"ok": True, "interrupted": False, "exc": ""}, blobs
