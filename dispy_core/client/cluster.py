@@ -31,7 +31,7 @@ from dispy_core.errors import DispyError, SerializationError
 from dispy_core.joblimits import check_job_limits
 from dispy_core.malloc_tuning import tune_malloc
 from dispy_core.pluginmanager import DispyPluginManager
-from dispy_core.protocol.session import secret_key
+from dispy_core.protocol.session import MAX_PAYLOAD, secret_key
 from dispy_core.state import events as ev
 from dispy_core.state.cluster import ALLOWED_FAILURES
 from dispy_core.status import FINAL_JOB_STATES, JobStatus
@@ -73,6 +73,18 @@ def check_first_node_timeout(value: Any) -> float | None:
     return float(value)
 
 
+def check_max_payload(value: Any) -> int:
+    """``max_payload`` (an extension; node config ``transport.max_payload``): bytes one argument set, result
+    or provisional result may have (1 GiB by default); larger ones travel in 8 MiB fragments."""
+    if type(value) is not int or value < 1 << 20:
+        raise ValueError(f"max_payload must be a number of bytes of at least 1 MiB, not {value!r}")
+    return value
+
+
+PAYLOAD_MARGIN = 4096
+"""What a message adds to a payload (field names, ids): a payload must leave that much room."""
+
+
 class JobCluster:
     """Runs ``computation`` on the given nodes; see the client API reference for every parameter."""
 
@@ -84,7 +96,7 @@ class JobCluster:
                  reentrant: bool = False, secret: str = "", keyfile: str | None = None,
                  certfile: str | None = None, recover_file: str | None = None, **extra: Any) -> None:
         unknown = set(extra) - {"cafile", "setup_timeout", "msg_timeout", "poll_interval", "plugins",
-                                "jobs_per_process", "allowed_failures",
+                                "jobs_per_process", "allowed_failures", "max_payload",
                                 "first_node_timeout", "job_limits"}
         if unknown:
             raise TypeError(f"JobCluster got unexpected keyword arguments: {', '.join(sorted(unknown))}")
@@ -129,6 +141,8 @@ class JobCluster:
         self.job_limits = check_job_limits(extra.get("job_limits"))  # each node bounds them by its own
         self.allowed_failures = check_allowed_failures(extra.get("allowed_failures", ALLOWED_FAILURES))
         self.first_node_timeout = check_first_node_timeout(extra.get("first_node_timeout"))
+        self.max_payload = check_max_payload(extra.get("max_payload", self.config.get("transport.max_payload",
+                                                                                     MAX_PAYLOAD)))
         if pulse_interval is not None and not (isinstance(pulse_interval, int | float)
                                                 and 1 <= pulse_interval <= 600):
             raise ValueError(f"pulse_interval must be a number of seconds between 1 and 600, not {pulse_interval!r}")
@@ -203,6 +217,14 @@ class JobCluster:
         except (SerializationError, ValueError, TypeError) as exc:
             log.warning("job %s not submitted: %s", uid, exc)
             return None
+        if len(job._payload) > self.max_payload - PAYLOAD_MARGIN:  # refused here, before anything is sent
+            job.status, job.exception = JobStatus.Abandoned, (
+                f"the job's arguments are {len(job._payload)} bytes, above max_payload ({self.max_payload} "
+                f"bytes): pass large data as a file (dispy_job_depends, send_file) or raise max_payload on "
+                f"both sides")
+            log.warning("job %s not submitted: %s", uid, job.exception)
+            job._finish()
+            return job
         job._pinned = pinned
         job.submit_time = time.time()
         with self._lock:

@@ -203,6 +203,7 @@ class NodeLife:
             await self.fail(conn, f"cannot connect: {exc}", permanent=_for_good(exc))
             return
         conn.channel = channel
+        channel.session.max_payload = cluster.max_payload
         self.driver.spawn(channel.run(lambda msg: self.driver.handle(conn, msg)),
                           on_done=lambda _: self._channel_ended(conn, channel))
         try:

@@ -265,6 +265,12 @@ class _Events:
         the real start time (one frame per job saved on the hot path)."""
 
     def job_provisional(self, comp_id: str, job_uid: int, result: bytes) -> None:
+        if len(result) > self.server.max_payload - 4096:
+            text = (f"provisional result of {len(result)} bytes from job {job_uid} not sent: above max_payload "
+                    f"({self.server.max_payload} bytes)")
+            log.warning("%s (computation %s)", text, comp_id)
+            self.server._send_to_owner(comp_id, m.Error("payload-refused", text))
+            return
         self.server._send_to_owner(comp_id, m.JobProvisional(comp_id, job_uid, result))
 
     def job_file(self, comp_id: str, job_uid: int, relpath: str, data: bytes) -> None:

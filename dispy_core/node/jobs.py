@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dispy.node")
 
+PAYLOAD_MARGIN = 4096
+"""What a message adds to its payload: a payload must leave that much room under max_payload."""
+
 __all__ = ["JobRunner"]
 
 
@@ -73,9 +76,9 @@ class JobRunner:
                 if comp is not None and outcome is not None and outcome.lost:
                     comp.channel.send_nowait(m.JobLost(instruction.comp_id, instruction.uid, outcome.exception))
                 elif comp is not None and outcome is not None:
-                    self.server.recovery.result_ready(comp, m.JobResult(
+                    self.server.recovery.result_ready(comp, self._within_payload(m.JobResult(
                         instruction.comp_id, instruction.uid, int(outcome.status), outcome.result, outcome.stdout,
-                        outcome.stderr, outcome.exception, outcome.start_time, outcome.end_time))
+                        outcome.stderr, outcome.exception, outcome.start_time, outcome.end_time)))
             elif isinstance(instruction, ev.RefuseJob):
                 self._refuse(comp, instruction)
             elif isinstance(instruction, ev.KillJob):
@@ -87,6 +90,20 @@ class JobRunner:
                 comp.channel.send_nowait(m.JobResult(
                     instruction.comp_id, instruction.uid, int(JobStatus.Cancelled), self._none_result,
                     exception="Cancelled", start_time=instruction.time, end_time=instruction.time))
+
+    def _within_payload(self, result: m.JobResult) -> m.JobResult:
+        """A result above max_payload cannot travel: the job ends Terminated saying so (and its output's end)."""
+        size = len(result.result) + len(result.stdout) + len(result.stderr) + len(result.exception)
+        if size <= self.server.max_payload - PAYLOAD_MARGIN:
+            return result
+        reason = (f"the job's result and output are {size} bytes, above max_payload ({self.server.max_payload} "
+                  f"bytes): return less (write large data to a file and send it with dispy_send_file), or raise "
+                  f"max_payload on both sides")
+        log.warning("job %s of %s: %s", result.job_uid, result.comp_id, reason)
+        tail = 65536
+        return m.JobResult(result.comp_id, result.job_uid, int(JobStatus.Terminated), self._none_result,
+                           bytes(result.stdout[-tail:]), bytes(result.stderr[-tail:]), reason, result.start_time,
+                           result.end_time)
 
     def _start(self, comp: HostedComputation | None, start: ev.StartJob) -> None:
         msg = comp.held.pop(start.uid, None) if comp is not None else None
@@ -125,6 +142,8 @@ class JobRunner:
     def job_file(self, comp_id: str, job_uid: int, relpath: str, data: bytes) -> None:
         """A job's ``dispy_send_file``: forwarded within ``--max_file_size`` only."""
         limit = self.server.options.max_file_size
+        if len(data) > self.server.max_payload - PAYLOAD_MARGIN:
+            limit = self.server.max_payload - PAYLOAD_MARGIN
         if limit and len(data) > limit:
             text = (f"file {relpath[:200]!r} of {len(data)} bytes from job {job_uid} not sent: above this node's "
                     f"max_file_size of {limit} bytes")

@@ -35,6 +35,7 @@ from dispy_core.node.recovery import Recovery
 from dispy_core.node.service import ServiceState, ServiceWindow, minute_of_day
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol import messages as m
+from dispy_core.protocol.session import MAX_PAYLOAD
 from dispy_core.ratelog import Throttled
 from dispy_core.state import events as ev
 from dispy_core.state.node import NodeState
@@ -167,6 +168,10 @@ class NodeServer:
             raise ConfigError(f"node.max_unauthenticated must be an integer of at least 1, not "
                               f"{self.max_unauthenticated!r}")
         self._unauthenticated = 0
+        self.max_payload = self.config.get("transport.max_payload", MAX_PAYLOAD)
+        if type(self.max_payload) is not int or self.max_payload < 1 << 20:
+            raise ConfigError(f"transport.max_payload must be a number of bytes of at least 1 MiB, not "
+                              f"{self.max_payload!r}")
         self._refusals = Throttled(log)  # peers that failed the handshake
         self._busy = Throttled(log)  # peers refused because too many are in the handshake
         self.jobs = JobRunner(self)
@@ -434,6 +439,7 @@ class NodeServer:
         finally:
             self._unauthenticated -= 1
         log.debug("client %s authenticated", _fmt(channel.peer))
+        channel.session.max_payload = self.max_payload
         channel.session.blob_views = True  # arguments, code and files pass through to the host or a file
         self.channels.add(channel)
         try:
