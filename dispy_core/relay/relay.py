@@ -222,6 +222,8 @@ class NetRelay:
         if transport is not None:
             _send(transport, encode(relayed(datagram, asker.nonce, source[0]), self.options.key), asker.source)
             self.counts["replies passed on"] += 1
+            log.debug("dispynetrelay: passed on the reply of node %s (%s) to %s:%d", datagram.name, source[0],
+                      *asker.source)
 
     def _from_announcer(self, data: bytes, source: Address) -> None:
         """A node of this network announced itself: tell the clients that pinged lately, and the schedulers.

