@@ -146,8 +146,12 @@ class NodeLife:
         if pending:
             await asyncio.wait(pending)
         if not found and not any(c.state == READY for c in self.nodes.values()):
-            log.warning("cluster %s: no node answered discovery (%s); still listening", self.cluster.name,
-                        self.searcher.describe())
+            reason = f"no node answered discovery ({self.searcher.describe()}); still listening"
+            log.warning("cluster %s: %s", self.cluster.name, reason)
+            patterns = ", ".join(e.alloc.host for e in self.patterns)
+            seeker = DispyNode(patterns, self.cluster.node_port)  # a stand-in for the nodes looked for
+            seeker.reason = reason
+            self.driver.node_status(NodeStatus.Closed, seeker)  # cluster_status hears it too
         return found
 
     async def _start_search(self) -> bool:

@@ -323,10 +323,20 @@ def test_wildcards_alone_find_nodes_by_discovery(node_factory: Factory) -> None:
         assert [n.name for n in cluster.status()["nodes"]] == ["found-me"]
         job = cluster.submit(21)
         assert job is not None and job(timeout=30) == 42
-    with dispy.JobCluster(double, nodes=["10.99.*"], dispy_port=node.base_port, first_node_timeout=3) as cluster:
+    heard: list[tuple[int, str, str]] = []
+
+    def cluster_status(status: int, dnode: Any, job: Any) -> None:
+        if dnode is not None and job is None:
+            heard.append((status, dnode.ip_addr, str(dnode.reason)))
+
+    with dispy.JobCluster(double, nodes=["10.99.*"], dispy_port=node.base_port, first_node_timeout=3,
+                          cluster_status=cluster_status) as cluster:
         job = cluster.submit(1)  # the node answers, but the pattern does not match it: not used
         assert job is not None and job(timeout=30) is None and job.status == dispy.DispyJob.Abandoned
         assert "discovery: pinged 127.0.0.1" in str(job.exception), job.exception
+    # the program hears of it too: a Closed notice for the nodes looked for, with what was tried
+    assert (dispy.DispyNode.Closed, "10.99.*") in [(s, ip) for s, ip, _ in heard], heard
+    assert any("no node answered discovery (pinged 127.0.0.1" in reason for _, _, reason in heard), heard
 
 
 def test_status_never_says_discovery_ended_before_its_nodes_show(node: NodeProcess) -> None:
