@@ -179,6 +179,8 @@ class NodeLife:
         key = f"{ip_addr}:{port}"
         if self.cluster._closed or key in self.nodes:
             return
+        if name and any(c.node.name == name and c.node.port == port for c in self.nodes.values()):
+            return  # the same node heard at another of its addresses (IPv4 and IPv6, two interfaces)
         entry = next((e for e in self.patterns if e.alloc.matches(ip_addr, name) and e.alloc.port in (None, port)),
                      None)
         if entry is None:
