@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from dispy_core.relay.table import RelayTable
 from dispy_plugins.discovery_udp.datagram import Datagram, DatagramError, ReplayGuard, decode, encode, relayed
 from dispy_plugins.discovery_udp.interfaces import Interface, choose_interfaces
-from dispy_plugins.discovery_udp.sockets import Receiver, join_groups, udp_socket
+from dispy_plugins.discovery_udp.sockets import Receiver, join_groups, send_everywhere, send_quietly, udp_socket
 
 log = logging.getLogger("dispy.relay")
 
@@ -180,26 +180,8 @@ class NetRelay:
         """``ping`` out of every interface (broadcast, multicast, or loopback unicast); what was tried."""
         opts = self.options
         data = encode(ping, opts.key)
-        tried = []
-        if self._send4 is not None:
-            sock = self._send4.get_extra_info("socket")
-            for iface in self.v4:
-                if iface.loopback:
-                    target = iface.address
-                elif opts.ipv4_multicast:
-                    target = opts.ipv4_group
-                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface.address))
-                elif iface.broadcast:
-                    target = iface.broadcast
-                else:
-                    continue
-                _send(self._send4, data, (target, opts.node_port))
-                tried.append(f"{target}:{opts.node_port} via {iface.name}")
-        if self._send6 is not None:
-            for index, name in sorted({(i.index, i.name) for i in self.v6}):
-                _send(self._send6, data, (opts.ipv6_group, opts.node_port, 0, index))
-                tried.append(f"[{opts.ipv6_group}%{name}]:{opts.node_port}")
-        return tried
+        return send_everywhere(data, opts.node_port, self._send4, self._send6, self.v4, self.v6,
+                               opts.ipv4_multicast, opts.ipv4_group, opts.ipv6_group)
 
     def _from_node(self, data: bytes, source: Address) -> None:
         """A node's reply to a ping of the relay: back to the client it was for (or the schedulers)."""
@@ -220,7 +202,7 @@ class NetRelay:
             return
         transport = self.listeners.get(asker.local)
         if transport is not None:
-            _send(transport, encode(relayed(datagram, asker.nonce, source[0]), self.options.key), asker.source)
+            send_quietly(transport, encode(relayed(datagram, asker.nonce, source[0]), self.options.key), asker.source)
             self.counts["replies passed on"] += 1
             log.debug("dispynetrelay: passed on the reply of node %s (%s) to %s:%d", datagram.name, source[0],
                       *asker.source)
@@ -241,7 +223,7 @@ class NetRelay:
         for client, local in self.table.listeners():
             transport = self.listeners.get(local)
             if transport is not None and client != source:
-                _send(transport, data, client)
+                send_quietly(transport, data, client)
                 self.counts["announcements passed on"] += 1
         self._to_schedulers(data, but=source)
 
@@ -249,7 +231,7 @@ class NetRelay:
         for host, port in self.options.scheduler_nodes:
             transport = self._send6 if ":" in host else self._send4
             if transport is not None and (host, port) != but:
-                _send(transport, data, (host, port))
+                send_quietly(transport, data, (host, port))
 
     # ------------------------------------------------------------------ console
     def status_lines(self) -> list[str]:
@@ -280,8 +262,3 @@ def relay_interfaces(hosts: list[str], ipv6: bool = True) -> tuple[list[Interfac
     return v4, v6
 
 
-def _send(transport: asyncio.DatagramTransport, data: bytes, target: tuple[object, ...]) -> None:
-    try:
-        transport.sendto(data, target)
-    except OSError as exc:
-        log.debug("dispynetrelay: sending to %s failed: %s", target, exc)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from dispy_plugins.discovery_udp.datagram import Datagram, DatagramError, ReplayGuard, decode, encode
 from dispy_plugins.discovery_udp.interfaces import Interface, choose_interfaces
-from dispy_plugins.discovery_udp.sockets import Receiver, join_groups, udp_socket
+from dispy_plugins.discovery_udp.sockets import Receiver, join_groups, send_everywhere, send_quietly, udp_socket
 
 log = logging.getLogger("dispy.discovery")
 
@@ -120,29 +120,15 @@ class NodeResponder:
     def announce(self) -> None:
         opts = self.options
         data = encode(self._datagram("announce"), opts.key)
-        if self._send4 is not None:
-            sock = self._send4.get_extra_info("socket")
-            for iface in self.v4:
-                if iface.loopback:
-                    target = iface.address
-                elif opts.ipv4_multicast:
-                    target = opts.ipv4_group
-                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface.address))
-                elif iface.broadcast:
-                    target = iface.broadcast
-                else:
-                    continue
-                _send(self._send4, data, (target, opts.client_port))
-        if self._send6 is not None:
-            for iface in self.v6:
-                _send(self._send6, data, (opts.ipv6_group, opts.client_port, 0, iface.index))
+        send_everywhere(data, opts.client_port, self._send4, self._send6, self.v4, self.v6, opts.ipv4_multicast,
+                        opts.ipv4_group, opts.ipv6_group)
         self._announce_to(opts.scheduler_nodes)
 
     def _announce_to(self, targets: list[tuple[str, int]]) -> None:
         for host, port in targets:
             transport = self._send6 if ":" in host else self._send4
             if transport is not None:
-                _send(transport, encode(self._datagram("announce"), self.options.key), (host, port))
+                send_quietly(transport, encode(self._datagram("announce"), self.options.key), (host, port))
 
     def _datagram(self, kind: str, reply_to: str = "") -> Datagram:
         opts = self.options
@@ -159,16 +145,10 @@ class NodeResponder:
             return
         transport = self._send6 if ":" in source[0] else self._send4
         if transport is not None:
-            _send(transport, encode(self._datagram("reply", datagram.nonce), self.options.key), source)
+            send_quietly(transport, encode(self._datagram("reply", datagram.nonce), self.options.key), source)
 
     def close(self) -> None:
         for transport in self._endpoints:
             transport.close()
         self._endpoints.clear()
 
-
-def _send(transport: asyncio.DatagramTransport, data: bytes, target: tuple[object, ...]) -> None:
-    try:
-        transport.sendto(data, target)
-    except OSError as exc:
-        log.debug("discovery: sending to %s failed: %s", target, exc)

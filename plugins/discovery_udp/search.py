@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from dispy_plugins.discovery_udp.datagram import Datagram, DatagramError, ReplayGuard, decode, encode
 from dispy_plugins.discovery_udp.interfaces import Interface, choose_interfaces
-from dispy_plugins.discovery_udp.sockets import Receiver, join_groups, udp_socket
+from dispy_plugins.discovery_udp.sockets import Receiver, join_groups, send_everywhere, send_quietly, udp_socket
 
 log = logging.getLogger("dispy.discovery")
 
@@ -100,38 +100,14 @@ class NodeSearch:
         datagram = Datagram("ping", name=opts.name)
         self.nonces.add(datagram.nonce)
         data = encode(datagram, opts.key)
-        tried = []
-        if self._send4 is not None:
-            sock = self._send4.get_extra_info("socket")
-            for iface in self.v4:
-                if iface.loopback:
-                    target = iface.address
-                elif opts.ipv4_multicast:
-                    target = opts.ipv4_group
-                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface.address))
-                elif iface.broadcast:
-                    target = iface.broadcast
-                else:
-                    continue
-                self._send(self._send4, data, (target, opts.node_port))
-                tried.append(f"{target}:{opts.node_port} via {iface.describe()}")
-        if self._send6 is not None:
-            for iface in self.v6:
-                self._send(self._send6, data, (opts.ipv6_group, opts.node_port, 0, iface.index))
-                tried.append(f"[{opts.ipv6_group}%{iface.name}]:{opts.node_port}")
+        tried = send_everywhere(data, opts.node_port, self._send4, self._send6, self.v4, self.v6,
+                                opts.ipv4_multicast, opts.ipv4_group, opts.ipv6_group)
         for host, port in sorted(self.unicast):
             transport = self._send6 if ":" in host else self._send4
             if transport is not None:
-                self._send(transport, data, (host, port))
+                send_quietly(transport, data, (host, port))
                 tried.append(f"{host}:{port} (named: a relay there passes it on)")
         self.tried = tried
-
-    @staticmethod
-    def _send(transport: asyncio.DatagramTransport, data: bytes, target: tuple[object, ...]) -> None:
-        try:
-            transport.sendto(data, target)
-        except OSError as exc:
-            log.debug("discovery ping to %s failed: %s", target, exc)
 
     def describe(self) -> str:
         """What was tried, for the warning when no node answers."""

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 from collections.abc import Callable
 
 from dispy_plugins.discovery_udp.interfaces import Interface
 
-__all__ = ["Receiver", "join_groups", "udp_socket"]
+log = logging.getLogger("dispy.discovery")
+
+__all__ = ["Receiver", "join_groups", "send_everywhere", "udp_socket"]
 
 
 def udp_socket(family: int, port: int, shared: bool, address: str = "") -> socket.socket:
@@ -69,3 +72,38 @@ class Receiver(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         """An ICMP error for an earlier send (nobody listening there): nothing to do."""
+
+
+def send_everywhere(data: bytes, port: int, send4: asyncio.DatagramTransport | None,
+                    send6: asyncio.DatagramTransport | None, v4: list[Interface], v6: list[Interface],
+                    ipv4_multicast: bool, ipv4_group: str, ipv6_group: str) -> list[str]:
+    """``data`` to ``port`` out of every interface: its broadcast address (or the IPv4 multicast group), the
+    IPv6 group, or by unicast on loopback. What was tried, for the user."""
+    tried = []
+    if send4 is not None:
+        sock = send4.get_extra_info("socket")
+        for iface in v4:
+            if iface.loopback:
+                target = iface.address
+            elif ipv4_multicast:
+                target = ipv4_group
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface.address))
+            elif iface.broadcast:
+                target = iface.broadcast
+            else:
+                continue
+            send_quietly(send4, data, (target, port))
+            tried.append(f"{target}:{port} via {iface.describe()}")
+    if send6 is not None:
+        for index, name in sorted({(i.index, i.name) for i in v6}):
+            send_quietly(send6, data, (ipv6_group, port, 0, index))
+            tried.append(f"[{ipv6_group}%{name}]:{port}")
+    return tried
+
+
+def send_quietly(transport: asyncio.DatagramTransport, data: bytes, target: tuple[object, ...]) -> None:
+    """A datagram that cannot go (no route, interface down) is only worth a debug line."""
+    try:
+        transport.sendto(data, target)
+    except OSError as exc:
+        log.debug("discovery: sending to %s failed: %s", target, exc)
