@@ -14,6 +14,7 @@ from dispy_core.client.cluster import JobCluster
 from dispy_core.client.job import DispyJob
 from dispy_core.client.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
 from dispy_core.client.recover_jobs import recover_jobs
+from dispy_core.client.shared import SharedJobCluster
 
 logger = _logging.getLogger("dispy")
 # The original's ``dispy.logger`` carried the level constants (``loglevel=dispy.logger.DEBUG``).
@@ -22,5 +23,5 @@ for _level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
 
 MsgTimeout = config.MsgTimeout
 
-__all__ = ["JobCluster", "DispyJob", "DispyNode", "DispyNodeAvailInfo", "NodeAllocate", "config", "recover_jobs",
-           "logger", "__version__", "MsgTimeout"]
+__all__ = ["JobCluster", "SharedJobCluster", "DispyJob", "DispyNode", "DispyNodeAvailInfo", "NodeAllocate", "config",
+           "recover_jobs", "logger", "__version__", "MsgTimeout"]

@@ -269,7 +269,8 @@ class NodeLife:
     async def _open_computation(self, conn: NodeConn, channel: Channel, cpus: int) -> None:
         cluster = self.cluster
         pkg, timeout = cluster._pkg, cluster.config.msg_timeout
-        setup_args = cluster.serializer.dumps(conn.setup_args) if conn.setup_args else b""
+        # A record that has setup_args already (dispyscheduler relays a client's) keeps them unless allocate gives some.
+        setup_args = cluster.serializer.dumps(conn.setup_args) if conn.setup_args else pkg.computation.setup_args
         computation = dataclasses.replace(pkg.computation, comp_id=cluster.comp_id, setup_args=setup_args,
                                           options={**pkg.computation.options, **cluster._computation_options()})
         reply = await channel.request(m.ComputationOpen(

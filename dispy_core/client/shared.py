@@ -1,0 +1,80 @@
+"""SharedJobCluster: a JobCluster whose one node is a ``dispyscheduler``, shared with other client programs.
+
+The scheduler looks like one big node: the client speaks to it the protocol it speaks to a node, and it
+answers with the CPUs its nodes give this computation. Everything of JobCluster works as before; what only
+makes sense with the nodes themselves (``submit_node``, ``set_node_cpus`` on a real node) sees the scheduler
+as the one node. The scheduler decides which node runs each job.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from dispy_core.client.cluster import DEFAULT_DISPY_PORT, JobCluster
+from dispy_core.client.nodes import NodeAllocate
+
+log = logging.getLogger("dispy")
+
+__all__ = ["SCHEDULER_PORT_OFFSET", "SharedJobCluster"]
+
+SCHEDULER_PORT_OFFSET = 2
+"""The scheduler's client-facing port is its base port + 2 (9702 by default), as in the original."""
+
+
+class SharedJobCluster(JobCluster):
+    """Runs ``computation`` through the ``dispyscheduler`` at ``scheduler_node`` (default: this host).
+
+    ``port`` (or ``dispy_port``) is the scheduler's base port, as its ``-p``: it is reached at that + 2;
+    ``scheduler_port`` names the client-facing port itself. ``secret`` is the scheduler's
+    ``--cluster_secret``; ``certfile``/``keyfile``/``cafile`` are for TLS with the scheduler. ``nodes`` and
+    ``exclusive`` are passed on to the scheduler (which does not act on them yet: see the README).
+    """
+
+    def __init__(self, computation: Any, nodes: Any = None, depends: list[Any] | None = None,
+                 job_status: Any = None, cluster_status: Any = None, host: Any = None, client_port: int = 0,
+                 dispy_port: int | None = None, scheduler_node: str | None = None, ext_host: Any = None,
+                 loglevel: int = logging.INFO, setup: Any = None, cleanup: Any = True, dest_path: str | None = None,
+                 reentrant: bool = False, poll_interval: float | None = None, exclusive: bool = False,
+                 secret: str = "", keyfile: str | None = None, certfile: str | None = None,
+                 recover_file: str | None = None, **extra: Any) -> None:
+        alias = extra.pop("scheduler_host", None)
+        if scheduler_node is not None and alias is not None and alias != scheduler_node:
+            raise ValueError(f"scheduler_node {scheduler_node!r} and scheduler_host {alias!r} disagree")
+        scheduler = scheduler_node or alias or _local_host()
+        base = extra.pop("port", None) or dispy_port or DEFAULT_DISPY_PORT
+        scheduler_port = extra.pop("scheduler_port", None) or base + SCHEDULER_PORT_OFFSET
+        if extra.pop("pulse_interval", None) is not None:
+            log.info("SharedJobCluster: pulse_interval is the scheduler's (dispyscheduler --pulse_interval); ignored")
+        if not isinstance(exclusive, bool):
+            raise ValueError(f"exclusive must be True or False, not {exclusive!r}")
+        self.exclusive = exclusive
+        self.scheduler_node = scheduler
+        self._wanted_nodes = nodes
+        if nodes not in (None, "*", ["*"]):
+            log.warning("SharedJobCluster(nodes=...): the scheduler uses its own nodes for now; nodes= is ignored")
+        super().__init__(computation, nodes=[NodeAllocate(scheduler, port=scheduler_port)], depends=depends,
+                         job_status=job_status, cluster_status=cluster_status, host=host, ext_host=ext_host,
+                         dispy_port=dispy_port, loglevel=loglevel, setup=setup, cleanup=cleanup, dest_path=dest_path,
+                         reentrant=reentrant, secret=secret, keyfile=keyfile, certfile=certfile,
+                         recover_file=recover_file, poll_interval=poll_interval, **extra)
+
+    def _computation_options(self) -> dict[str, Any]:
+        """What the scheduler needs to treat jobs as this program would: on a lost node, resubmit or not."""
+        options = super()._computation_options()
+        options["reentrant"] = bool(self.reentrant)
+        options["allowed_failures"] = self.allowed_failures
+        if self.exclusive:
+            options["exclusive"] = True
+        return options
+
+
+def _local_host() -> str:
+    """This host, as the original's default ``scheduler_node`` (loopback if the name does not resolve)."""
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, None)
+    except OSError:
+        return "127.0.0.1"
+    return name

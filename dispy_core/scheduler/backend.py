@@ -1,0 +1,203 @@
+"""One client computation's side towards the nodes: the client's own machinery, relaying instead of loading.
+
+The scheduler drives the real nodes exactly as a ``JobCluster`` does: one ``ClusterState`` with the scheduler
+plugin, ``NodeLife`` for the node connections and ``ClientDriver`` to carry out the state's instructions.
+:class:`Backend` is the JobCluster-like object those expect, built from the client's ``ComputationOpen`` and
+the files it sent; :class:`RelayDriver` is the driver that, where a client would load a result and tell the
+program, sends the node's message on to the client as it came (arguments and results stay opaque bytes:
+the scheduler never loads user code or data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from dispy_core.client.allocation import NodeEntry
+from dispy_core.client.computation import FileDepend, Package
+from dispy_core.client.connections import READY, NodeConn
+from dispy_core.client.driver import ClientDriver
+from dispy_core.client.job import DispyJob
+from dispy_core.client.nodes import DispyNode, NodeAllocate
+from dispy_core.computation import Computation
+from dispy_core.config import Config
+from dispy_core.pluginmanager import DispyPluginManager
+from dispy_core.protocol import messages as m
+from dispy_core.state import events as ev
+from dispy_core.state.cluster import ALLOWED_FAILURES
+from dispy_core.status import FINAL_JOB_STATES, JobStatus
+
+log = logging.getLogger("dispy.scheduler")
+
+__all__ = ["SCHEDULER_OPTIONS", "Backend", "NodeSide", "RelayDriver"]
+
+SCHEDULER_OPTIONS = ("reentrant", "allowed_failures", "exclusive", "recover", "pulse_interval")
+"""Computation options meant for the scheduler, not the nodes: taken out of the record before it goes on.
+``recover`` is the client's recover file (recover_jobs through the scheduler is not done yet, so nodes must
+not keep results for an acknowledgement that never comes); ``pulse_interval`` is the scheduler's own."""
+
+
+@dataclass
+class NodeSide:
+    """What every computation's back end shares: which nodes, and how to reach and authenticate to them."""
+
+    config: Config
+    plugins: DispyPluginManager
+    transport: Any
+    serializer: Any
+    secret: str = field(repr=False)
+    node_port: int
+    client_port: int
+    """The UDP port discovery listens on for nodes' announcements (the scheduler's base port)."""
+    nodes: list[tuple[str, int | None]]
+    """``-n`` hosts (port None: ``node_port``); none: every node discovery finds."""
+    hosts: list[str] = field(default_factory=list)
+    ipv4_udp_multicast: bool = False
+    multicast_groups: dict[str, str] = field(default_factory=dict)
+    pulse_interval: float | None = None
+    max_payload: int = 1 << 30
+    cleanup_nodes: bool = False
+
+    def entries(self) -> list[NodeEntry]:
+        """Fresh entries for one computation (NodeLife keeps state in them)."""
+        if not self.nodes:
+            return [NodeEntry(NodeAllocate("*", port=self.node_port), plain=True)]
+        return [NodeEntry(NodeAllocate(host, port=port or self.node_port), plain=True) for host, port in self.nodes]
+
+
+class Backend:
+    """The JobCluster-shaped object ``ClientDriver`` and ``NodeLife`` drive, for one client computation."""
+
+    def __init__(self, side: NodeSide, opened: m.ComputationOpen, files: list[FileDepend],
+                 to_client: Callable[[m.Message], Any], job_ended: Callable[[int], None]) -> None:
+        options = dict(opened.options)
+        own = {key: options.pop(key) for key in SCHEDULER_OPTIONS if key in options}
+        record = dataclasses.replace(Computation.of(opened), options=options)
+        self.config = side.config
+        self.plugins = side.plugins
+        self.transport = side.transport
+        self.serializer = side.serializer
+        self.scheduler = side.plugins.make_scheduler()  # one per computation: it learns that computation's job times
+        self.discovery = side.plugins.make_discovery()
+        self.secret = side.secret
+        self.node_port = side.node_port
+        self.client_port = side.client_port
+        self.host = side.hosts
+        self.ipv4_udp_multicast = side.ipv4_udp_multicast
+        self.multicast_groups = dict(side.multicast_groups)
+        self.pulse_interval = side.pulse_interval
+        self.max_payload = side.max_payload
+        self.max_file_size = 0
+        self.first_node_timeout: float | None = None
+        self._entries = side.entries()
+        self._pkg = Package(record, files)
+        self._cleanup_files = opened.cleanup_files or side.cleanup_nodes
+        self.dest_path = opened.dest_path or None
+        self.setup_timeout = opened.setup_timeout
+        self.comp_id = opened.comp_id
+        self.name = opened.name
+        self.reentrant = own.get("reentrant") is True
+        failures = own.get("allowed_failures")
+        self.allowed_failures = failures if type(failures) is int and failures >= 1 else ALLOWED_FAILURES
+        if own.get("exclusive") is True:
+            log.warning("computation %s asked exclusive=True: not implemented yet, it shares the nodes", self.name)
+        self.job_status = self.cluster_status = None
+        self._callbacks = None
+        self._recover_log = None
+        self._closed = False
+        self._start_time = time.time()
+        self._discovered = asyncio.Event()
+        self._driver = RelayDriver(self, to_client, job_ended)
+        self._life = self._driver.life
+
+    # ------------------------------------------------------------------ what the scheduler's front calls
+    async def start(self) -> int:
+        """Contact the nodes (named ones, or those discovery finds) and set the computation up on each; the
+        CPUs ready for it once every named node was tried."""
+        self._driver.spawn(self._driver.tick())
+        await asyncio.gather(self._life.discover(self._entries), self._life.search(self._entries))
+        self._discovered.set()
+        self._driver.feed(ev.DiscoveryDone())
+        return self.ready_cpus()
+
+    def ready_cpus(self) -> int:
+        return sum(conn.max_cpus for conn in self._life.nodes.values() if conn.state == READY)
+
+    def failures(self) -> str:
+        return "; ".join(f"{key}: {reason}" for key, reason in self._life.failed.items()) or "no node answered"
+
+    def submit(self, uid: int, args: bytes, files: list[tuple[str, str]]) -> None:
+        job = DispyJob(uid, (), {})
+        job._payload, job._files = args, files
+        job.submit_time = time.time()
+        self._driver.submit(job)
+
+    def has_job(self, uid: int) -> bool:
+        return uid in self._driver.jobs
+
+    async def cancel(self, uid: int) -> None:
+        await self._driver.cancel(uid)
+
+    async def close(self, terminate: bool) -> None:
+        """Queued jobs end Cancelled; the computation is closed on every node (never hangs on one)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._driver.shutdown(terminate)
+
+    # ------------------------------------------------------------------ what the driver calls back (JobCluster's)
+    def _computation_options(self) -> dict[str, Any]:
+        return {"pulse_interval": self.pulse_interval} if self.pulse_interval else {}
+
+    def _notify_cluster(self, status: int, node: DispyNode, job: Any) -> None:
+        """No program here to tell; the log says what happened to nodes."""
+
+    def _job_done(self, job: DispyJob) -> None:
+        """Never called: :class:`RelayDriver` ends jobs itself."""
+
+
+class RelayDriver(ClientDriver):
+    """A ClientDriver that sends each job's news on to the client instead of loading it and telling a program."""
+
+    def __init__(self, backend: Backend, to_client: Callable[[m.Message], Any],
+                 job_ended: Callable[[int], None]) -> None:
+        super().__init__(cast(Any, backend))
+        self.backend = backend
+        self.to_client = to_client
+        self.job_ended = job_ended
+
+    def _notify_job(self, notice: ev.NotifyJob) -> None:
+        job = self.jobs.get(notice.uid)
+        if job is None:
+            return
+        outcome = notice.outcome
+        if notice.status == JobStatus.Running:  # the client marks it Running too (if it waits there)
+            conn = self.life.nodes.get(job._node_key or "")
+            if conn is not None:
+                self._bind(job, conn)
+            self.to_client(m.JobStarted(self.comp_id, notice.uid, time.time()))
+        elif notice.status == JobStatus.ProvisionalResult and isinstance(outcome, m.JobProvisional):
+            self.to_client(outcome)
+        if notice.status not in FINAL_JOB_STATES:
+            return
+        del self.jobs[notice.uid]
+        self.to_client(outcome if isinstance(outcome, m.JobResult) else self._ended_here(notice))
+        self.job_ended(notice.uid)
+
+    def _ended_here(self, notice: ev.NotifyJob) -> m.JobResult:
+        """A job that ended at the scheduler (cancelled while queued, abandoned): a result saying so. The client
+        reads every status but Finished and Cancelled as Terminated; the reason says what it was."""
+        status = JobStatus(notice.status)
+        wire = status if status in (JobStatus.Cancelled, JobStatus.Terminated) else JobStatus.Terminated
+        now = time.time()
+        reason = notice.reason or status.name
+        text = reason if status == wire else f"{status.name} at dispyscheduler: {reason}"
+        return m.JobResult(self.comp_id, notice.uid, int(wire), exception=text, start_time=now, end_time=now)
+
+    def _on_job_file(self, conn: NodeConn, msg: m.JobFile) -> None:
+        self.to_client(msg)  # the client saves it, within its own max_file_size

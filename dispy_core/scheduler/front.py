@@ -1,0 +1,376 @@
+"""The scheduler's front: accepts client programs and looks like one big node to each of them.
+
+A ``SharedJobCluster`` speaks to it the protocol a ``JobCluster`` speaks to a node (``NodeInfoRequest``,
+``ComputationOpen``, ``FileChunk``, ``ComputationSetup``, ``JobSubmit``, ``JobCancel``, ``ComputationClose``,
+``Ping``). The files a client sends are kept under ``--dest_path_prefix`` for as long as the computation is
+open; at ``ComputationSetup`` a :class:`~dispy_core.scheduler.backend.Backend` sets the computation up on the
+nodes, and from then on jobs go to it and its nodes' answers come back here, to the client, unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dispy_core import __version__
+from dispy_core.channel import Channel, _fmt
+from dispy_core.client.computation import FileDepend
+from dispy_core.errors import DispyError, ProtocolError, UnsafePathError
+from dispy_core.interfaces import ByteStream, Listener
+from dispy_core.node.files import ComputationFiles
+from dispy_core.node.liveness import send_quietly, zombie_loop
+from dispy_core.paths import check_relpath, safe_join
+from dispy_core.protocol import messages as m
+from dispy_core.ratelog import Throttled
+from dispy_core.scheduler.backend import Backend, NodeSide
+from dispy_core.status import JobStatus, RefusalReason
+
+log = logging.getLogger("dispy.scheduler")
+
+__all__ = ["ALL_CPUS", "ClientComputation", "SchedulerServer"]
+
+ALL_CPUS = 1 << 16
+"""The CPUs the scheduler offers a client before its computation is set up: "all the nodes give". The
+client's own ``NodeAllocate`` may ask for fewer; the answer to ``ComputationSetup`` then says how many the
+nodes really gave (their sum), which is what the client pipelines for."""
+HANDSHAKE_DEADLINE = 5.0
+JOB_FILES = ".jobs"
+
+
+@dataclass
+class ClientComputation:
+    """A computation a client opened here: its files (kept here until it closes) and its back end."""
+
+    opened: m.ComputationOpen
+    channel: Channel
+    work_dir: Path
+    files: ComputationFiles
+    depends: list[FileDepend] = field(default_factory=list)
+    job_files: dict[int, tuple[ComputationFiles, dict[str, str]]] = field(default_factory=dict)
+    """A job's own files (``dispy_job_depends``), each job in its own directory: relpath -> path here."""
+    backend: Backend | None = None
+    closing: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.opened.name
+
+
+@dataclass
+class FrontOptions:
+    """What the client-facing side is started with (see ``dispy_core.scheduler.cli``)."""
+
+    hosts: list[str]
+    port: int
+    secret: str = field(repr=False)
+    name: str
+    dest_path_prefix: Path
+    msg_timeout: float = 10.0
+    zombie_interval: float = 60.0
+    """Minutes a client may stay silent (answering no ping) before it is presumed dead; 0 = never."""
+    max_file_size: int = 0
+    max_payload: int = 1 << 30
+    tls: bool = False
+
+
+class SchedulerServer:
+    """One dispyscheduler: its clients' channels and computations, and the node side they share."""
+
+    def __init__(self, options: FrontOptions, transport: Any, serializer: Any, side: NodeSide) -> None:
+        self.options = options
+        self.transport = transport
+        self.serializer = serializer
+        self.side = side
+        self.comps: dict[str, ClientComputation] = {}
+        self.channels: set[Channel] = set()
+        self.listeners: list[Listener] = []
+        self.address: tuple[str, int] = ("", options.port)
+        self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._refusals = Throttled(log)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> tuple[str, int]:
+        self.options.dest_path_prefix.mkdir(parents=True, exist_ok=True, mode=0o700)
+        port = self.options.port
+        for bind in self.options.hosts or [""]:
+            listener = await self.transport.listen(bind, port, self._serve)
+            port = port or listener.address[1]
+            self.listeners.append(listener)
+        self.address = (self.options.hosts[0] if self.options.hosts else "", self.listeners[0].address[1])
+        nodes = ", ".join(f"{h}:{p or self.side.node_port}" for h, p in self.side.nodes) or \
+            f"every node discovery finds (UDP {self.side.node_port})"
+        log.info("dispyscheduler %s serving clients at %s%s; nodes: %s", self.options.name, _fmt(self.address),
+                 " with TLS" if self.options.tls else "", nodes)
+        if not self.options.secret:
+            log.warning("dispyscheduler has NO cluster secret: any program that can reach %s can run code on its "
+                        "nodes; set --cluster_secret", _fmt(self.address))
+        if self.options.zombie_interval > 0:
+            self._spawn(zombie_loop(self.options.zombie_interval * 60.0, lambda: self.channels, self._stopped,
+                                    self._drop_zombie, self._spawn))
+        return self.address
+
+    async def serve_forever(self) -> None:
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        """Close every computation on its nodes (terminating its jobs), then the clients' connections."""
+        self._stopped.set()
+        for listener in self.listeners:
+            await listener.close()
+        comps = list(self.comps.values())
+        if comps:
+            log.info("closing %d computations on their nodes", len(comps))
+            await asyncio.gather(*(self._close(comp, True) for comp in comps), return_exceptions=True)
+        for channel in list(self.channels):
+            await channel.close("dispyscheduler stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        log.info("dispyscheduler %s stopped", self.options.name)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal task failed", exc_info=task.exception())
+
+    # ------------------------------------------------------------------ connections
+    async def _serve(self, stream: ByteStream) -> None:
+        if self._stopped.is_set():
+            await stream.close()
+            return
+        try:
+            channel = await Channel.accept(
+                stream, secret=self.options.secret, serializers={self.serializer.name: self.serializer},
+                serializer=self.serializer.name, timeout=min(self.options.msg_timeout, HANDSHAKE_DEADLINE),
+                name=self.options.name, software=f"neodispy {__version__} dispyscheduler")
+        except (ProtocolError, DispyError, OSError) as exc:
+            self._refusals.warning("refused client %s: %s", _fmt(stream.peer), exc, key=type(exc).__name__)
+            return
+        log.debug("client %s authenticated", _fmt(channel.peer))
+        channel.session.max_payload = self.options.max_payload
+        self.channels.add(channel)
+        try:
+            await channel.run(lambda msg: self._handle(channel, msg))
+        finally:
+            self.channels.discard(channel)
+            gone = [comp for comp in self.comps.values() if comp.channel is channel]
+            if gone and not self._stopped.is_set():
+                log.warning("client %s went away (%s) without closing %s; closing on the nodes, its jobs terminated",
+                            _fmt(channel.peer), channel.close_reason, ", ".join(c.name for c in gone))
+                for comp in gone:
+                    self._spawn(self._close(comp, True))
+
+    async def _drop_zombie(self, channel: Channel, silent: float) -> None:
+        log.warning("client %s silent for %.1f s (zombie_interval %g min): presumed dead", _fmt(channel.peer),
+                    silent, self.options.zombie_interval)
+        await channel.close("client presumed dead (zombie_interval)")  # its computations close with it
+
+    def _handle(self, channel: Channel, msg: m.Message) -> None:
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            channel.send_nowait(m.Error("unexpected", f"dispyscheduler does not accept {type(msg).__name__}",
+                                        getattr(msg, "req_id", 0)))
+            return
+        try:
+            handler(self, channel, msg)
+        except Exception as exc:  # one bad message must not take the scheduler down
+            log.exception("handling %s from %s failed", type(msg).__name__, _fmt(channel.peer))
+            channel.send_nowait(m.Error("bad-request", f"dispyscheduler could not handle {type(msg).__name__}: "
+                                                       f"{exc}", getattr(msg, "req_id", 0)))
+
+    def _owned(self, channel: Channel, comp_id: str, req_id: int = 0) -> ClientComputation | None:
+        comp = self.comps.get(comp_id)
+        if comp is None or comp.channel is not channel:
+            channel.send_nowait(m.Error("unknown-computation", f"no computation {comp_id!r} of yours here", req_id))
+            return None
+        return comp
+
+    # ------------------------------------------------------------------ the big node
+    def _on_info(self, channel: Channel, msg: m.NodeInfoRequest) -> None:
+        channel.send_nowait(m.NodeInfo(
+            req_id=msg.req_id, name=self.options.name, ip_addr=self.address[0] or "", cpus=ALL_CPUS,
+            avail_cpus=ALL_CPUS, platform=platform.platform(), python=".".join(map(str, sys.version_info[:3])),
+            executor="dispyscheduler", serializers=[self.serializer.name]))
+
+    def _on_ping(self, channel: Channel, msg: m.Ping) -> None:
+        channel.send_nowait(m.Pong(msg.req_id))
+
+    def _on_pong(self, channel: Channel, msg: m.Pong) -> None:
+        """A client's answer to the zombie check's ping: receiving it was the point."""
+
+    def _on_open(self, channel: Channel, msg: m.ComputationOpen) -> None:
+        try:
+            check_relpath(msg.comp_id)
+            if msg.comp_id in self.comps:
+                raise DispyError(f"computation {msg.comp_id} is already open here")
+            if self._stopped.is_set():
+                raise DispyError("dispyscheduler is stopping")
+            work_dir = self.options.dest_path_prefix / msg.comp_id
+            work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except (DispyError, OSError) as exc:
+            channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, False, error=str(exc)))
+            return
+        files = ComputationFiles(work_dir, self.options.max_file_size)
+        self.comps[msg.comp_id] = ClientComputation(msg, channel, work_dir, files)
+        log.info("computation %s (%s) opened by %s", msg.name, msg.comp_id, _fmt(channel.peer))
+        channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, True))
+
+    def _on_file(self, channel: Channel, msg: m.FileChunk) -> None:
+        comp = self._owned(channel, msg.comp_id, msg.req_id)
+        if comp is None:
+            return
+        if msg.job_uid:
+            files, paths = comp.job_files.setdefault(msg.job_uid, (
+                ComputationFiles(comp.work_dir / JOB_FILES / str(msg.job_uid), self.options.max_file_size), {}))
+        elif comp.backend is not None:
+            channel.send_nowait(m.FileAck(msg.req_id, False, "send_file after setup is not supported through "
+                                                             "dispyscheduler yet; give the file in depends"))
+            return
+        else:
+            files, paths = comp.files, {}
+        try:
+            files.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            complete = files.write(msg)
+        except (UnsafePathError, OSError, ValueError) as exc:
+            log.warning("file %r for %s refused: %s", msg.relpath, comp.name, exc)
+            channel.send_nowait(m.FileAck(msg.req_id, False, str(exc)))
+            return
+        if not complete:
+            return
+        path = safe_join(files.work_dir, msg.relpath)
+        if msg.job_uid:
+            paths[msg.relpath] = str(path)
+        else:
+            comp.depends.append(FileDepend(str(path), msg.relpath, msg.size, msg.mode & 0o777))
+        channel.send_nowait(m.FileAck(msg.req_id, True))
+
+    def _on_setup(self, channel: Channel, msg: m.ComputationSetup) -> None:
+        comp = self._owned(channel, msg.comp_id, msg.req_id)
+        if comp is not None and comp.backend is None:
+            self._spawn(self._setup(comp, msg.req_id))
+
+    async def _setup(self, comp: ClientComputation, req_id: int) -> None:
+        """Set the computation up on the nodes; the client learns how many CPUs they gave it, or why none."""
+        comp.backend = Backend(self.side, comp.opened, list(comp.depends),
+                               to_client=comp.channel.send_nowait, job_ended=lambda uid: self._job_ended(comp, uid))
+        cpus = await comp.backend.start()
+        if comp.closing:
+            return
+        if cpus == 0 and comp.backend._life.failed:  # every node tried failed: the client is told why
+            error = f"no node could set up the computation through dispyscheduler: {comp.backend.failures()}"
+            log.warning("computation %s: %s", comp.name, error)
+            await send_quietly(comp.channel, m.ComputationReady(req_id, comp.opened.comp_id, False, error=error))
+            await self._close(comp, True)
+            return
+        if cpus == 0:
+            log.warning("computation %s: no node ready yet; its jobs wait here for one", comp.name)
+        log.info("computation %s set up with %d CPUs on %d nodes", comp.name, cpus,
+                 sum(1 for c in comp.backend._life.nodes.values() if c.state == "ready"))
+        await send_quietly(comp.channel, m.ComputationReady(req_id, comp.opened.comp_id, True, cpus=max(1, cpus),
+                                                            dest_path=comp.opened.dest_path))
+
+    def _on_submit(self, channel: Channel, msg: m.JobSubmit) -> None:
+        comp = self._owned(channel, msg.comp_id)
+        if comp is None:
+            return
+        backend = comp.backend
+        if backend is None or comp.closing or backend.has_job(msg.job_uid):
+            why = "closing" if comp.closing else "not set up yet" if backend is None else "job already here"
+            code = RefusalReason.CLOSING if comp.closing else RefusalReason.NOT_READY
+            channel.send_nowait(m.JobRefused(msg.comp_id, msg.job_uid, why, code=code.value))
+            return
+        _, paths = comp.job_files.get(msg.job_uid, (None, {}))
+        missing = [relpath for relpath in msg.files if relpath not in paths]
+        if missing:
+            channel.send_nowait(m.JobResult(msg.comp_id, msg.job_uid, int(JobStatus.Terminated), exception=(
+                f"dispyscheduler did not receive the job's files {missing}"), end_time=time.time()))
+            return
+        backend.submit(msg.job_uid, bytes(msg.args), [(paths[relpath], relpath) for relpath in msg.files])
+
+    def _job_ended(self, comp: ClientComputation, uid: int) -> None:
+        entry = comp.job_files.pop(uid, None)
+        if entry is not None:
+            shutil.rmtree(entry[0].work_dir, ignore_errors=True)
+
+    def _on_cancel(self, channel: Channel, msg: m.JobCancel) -> None:
+        comp = self._owned(channel, msg.comp_id)
+        if comp is not None and comp.backend is not None:
+            self._spawn(comp.backend.cancel(msg.job_uid))
+
+    def _on_close(self, channel: Channel, msg: m.ComputationClose) -> None:
+        comp = self._owned(channel, msg.comp_id, msg.req_id)
+        if comp is not None:
+            self._spawn(self._close_and_reply(comp, msg))
+
+    async def _close_and_reply(self, comp: ClientComputation, msg: m.ComputationClose) -> None:
+        await self._close(comp, msg.terminate)
+        await send_quietly(comp.channel, m.ComputationClosed(msg.req_id, msg.comp_id))
+
+    async def _close(self, comp: ClientComputation, terminate: bool) -> None:
+        """Close the computation on its nodes, then forget it and its files here."""
+        if comp.closing:
+            return
+        comp.closing = True
+        try:
+            if comp.backend is not None:
+                await comp.backend.close(terminate)
+        finally:
+            self.comps.pop(comp.opened.comp_id, None)
+            comp.files.remove(self.options.dest_path_prefix, True)
+            if comp.work_dir.is_relative_to(self.options.dest_path_prefix):
+                shutil.rmtree(comp.work_dir, ignore_errors=True)
+            log.info("computation %s (%s) closed", comp.name, comp.opened.comp_id)
+
+    def _on_ack(self, channel: Channel, msg: m.ResultsAck) -> None:
+        """The client keeps a recover file; the nodes keep no results for it here (see SCHEDULER_OPTIONS)."""
+
+    def _on_recover(self, channel: Channel, msg: m.JobsRecover) -> None:
+        channel.send_nowait(m.Error("unsupported", "recover_jobs through dispyscheduler is not implemented yet",
+                                    msg.req_id))
+
+    _handlers: dict[type[m.Message], Any] = {
+        m.NodeInfoRequest: _on_info,
+        m.Ping: _on_ping,
+        m.Pong: _on_pong,
+        m.ComputationOpen: _on_open,
+        m.ComputationSetup: _on_setup,
+        m.ComputationClose: _on_close,
+        m.FileChunk: _on_file,
+        m.JobSubmit: _on_submit,
+        m.JobCancel: _on_cancel,
+        m.ResultsAck: _on_ack,
+        m.JobsRecover: _on_recover,
+    }
+
+
+def clean_prefix(prefix: Path) -> None:
+    """``--clean``: what an earlier scheduler left under its prefix (computations' files) goes."""
+    if not prefix.is_dir():
+        return
+    for child in prefix.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    log.info("cleaned %s", prefix)
+
+
+def default_prefix() -> Path:
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(os.environ.get("TMPDIR", "/tmp")) / f"dispy-scheduler-{uid}"
