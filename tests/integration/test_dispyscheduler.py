@@ -272,3 +272,29 @@ def test_nodes_found_by_discovery(node_factory: Callable[..., NodeProcess],
     finally:
         cluster.close()
     assert f"every node discovery finds (UDP {node.port})" in scheduler.log()
+
+
+def test_tls_on_both_hops_with_certificates_apart(node_factory: Callable[..., NodeProcess], tmp_path: Path,
+                                                   scheduler_factory: Callable[..., SchedulerProcess]) -> None:
+    from dispy_core.testing.certs import make_self_signed
+
+    node_cert, node_key = make_self_signed(tmp_path / "nodes", common_name="nodes")
+    client_cert, client_key = make_self_signed(tmp_path / "clients", common_name="clients")
+    node = node_factory("--certfile", str(node_cert), "--keyfile", str(node_key), "--name", "tls-node",
+                        secret=NODE_SECRET)
+    scheduler = scheduler_factory([node], "--node_certfile", str(node_cert), "--node_keyfile", str(node_key),
+                                  "--cluster_certfile", str(client_cert), "--cluster_keyfile", str(client_key))
+    assert "with TLS" in scheduler.log()
+    with shared(scheduler, square, certfile=str(client_cert), keyfile=str(client_key)) as cluster:
+        job = cluster.submit(7)
+        assert job is not None and job(timeout=30) == (49, "tls-node")
+    # the nodes' certificate does not open the clients' side, nor does no TLS
+    for kwargs in ({"certfile": str(node_cert), "keyfile": str(node_key)}, {}):
+        cluster = shared(scheduler, square, **kwargs)
+        try:
+            assert cluster.submit(1) is not None
+            assert not cluster.wait(timeout=2)
+            assert cluster.status()["nodes"] == []
+            assert wait_for(lambda c=cluster: list(c.status()["failed_nodes"].values()), timeout=20)
+        finally:
+            cluster.close(timeout=0, terminate=True)
