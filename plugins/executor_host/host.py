@@ -26,9 +26,11 @@ and every process it started (see :mod:`proctree`) get SIGTERM, then SIGKILL. It
 exactly once, even if the process cannot be reaped.
 
 A job that ends by itself ends what it started (see :mod:`containment`): the job process does it before
-its result leaves; the zygote does it for a job process that died. Each job process's fds 1 and 2 are
-pipes read here (see :mod:`capture`): the job's stdout and stderr come from them, read dry when the
-result arrives.
+its result leaves; for a job process that died, the zygote does it, or this process for those it
+started itself (it is a subreaper too: a child that is neither a job process, the zygote, nor one it
+had before it started that job process, is a dead job's and is killed; see ``_sweep``). Each job
+process's fds 1 and 2 are pipes read here (see :mod:`capture`): the job's stdout and stderr come from
+them, read dry when the result arrives.
 """
 
 from __future__ import annotations
@@ -219,6 +221,8 @@ class Host:
         self.requested: dict[str, _Proc] = {}  # job processes asked of the zygote, by token
         self.forked: dict[int, _Proc] = {}  # job processes the zygote forked and has not reported gone
         self.limits: dict[str, int] = {}  # the job limits the node decided (joblimits), set in each job
+        self.subreaper = False  # orphans below this process come here (see _sweep)
+        self.own: set[int] = set()  # children that are this process's own (setup's), not a job's
         self.stray = 0  # bytes of output that came while no job ran (dropped)
 
     # ------------------------------------------------------------------ loop
@@ -385,6 +389,7 @@ class Host:
             if info.extra.get("zygote", True) is not False:
                 self._start_zygote()
         del before
+        self._note_own()
         self.send({"op": "ready"})
         target = info.extra.get("spares", DEFAULT_SPARES)
         self.spares_wanted = self.spares_target = target if type(target) is int and target >= 1 else 1
@@ -429,6 +434,7 @@ class Host:
         spawn: the job inherits it, and so does every program it starts, at no cost to the job.
         """
         token = proctree.job_token(os.getpid(), next(self._spare_seq))
+        self._note_own()
         os.environ[proctree.JOB_ENV] = token
         try:
             proc = self._fork_spare() if self.mode == "fork" else self._spawn_spare()
@@ -619,8 +625,40 @@ class Host:
     def _track(self, proc: _Proc) -> _Proc:
         """Watch a process this host started itself (the zygote reports those it forks)."""
         self.fds.update((proc.pipe, proc.wfd, proc.out, proc.err))
-        self.exits.watch(proc.pid, lambda status: self._on_exit(proc, status))
+        self.exits.watch(proc.pid, lambda status: self._on_own_exit(proc, status))
         return proc
+
+    def _on_own_exit(self, proc: _Proc, status: int) -> None:
+        ended_job = proc.uid >= 0 and proc.result is None  # it could not end what its job started
+        self._on_exit(proc, status)
+        if ended_job:
+            self._sweep()
+
+    # ------------------------------------------------------------------ what dead jobs left (subreaper)
+    def _known(self) -> set[int]:
+        """The children that are no dead job's leftovers: job processes, the zygote, this process's own."""
+        known = set(self.own)
+        known.update(p.pid for p in self.jobs.values())
+        known.update(p.pid for p in self.spares)
+        known.update(self.forked)
+        if self.zygote is not None:
+            known.add(self.zygote.pid)
+        return known
+
+    def _note_own(self) -> None:
+        """Remember the children this process has now as its own (setup's, say): whatever comes later
+        and is no job process was re-parented here from a job process that died."""
+        if self.subreaper:
+            job_processes = self._known() - self.own
+            self.own = {pid for pid in containment.children(os.getpid()) if pid not in job_processes}
+
+    def _sweep(self) -> None:
+        """Kill the leftovers of dead jobs (their children re-parent here as they die: again then)."""
+        if not self.subreaper:
+            return
+        for pid in containment.strangers(self._known()):
+            containment.kill([pid])
+            self.exits.watch(pid, lambda status: self._sweep())
 
     def _submit(self, uid: int, args: bytes | memoryview) -> None:
         reason = ""
@@ -803,9 +841,10 @@ class Host:
         if proc.cancelled:  # what the job started dies with it, even when it returned a value
             proctree.kill_tree(proc.pid, proctree.job_processes(proc.pid, proc.token, proc.procs))
         elif proc.result is None:  # it died before reporting, so it could not end what it started
-            # the zygote ends what was re-parented to it; without one, look for them by their marker
-            known = proc.procs if self.zygote is not None else proctree.job_processes(proc.pid, proc.token, proc.procs)
-            proctree.kill_tree(proc.pid, known)
+            # what was re-parented to the zygote or here is killed there (_sweep); without subreapers,
+            # look for them by their marker
+            scan = not self.subreaper
+            proctree.kill_tree(proc.pid, proctree.job_processes(proc.pid, proc.token, proc.procs) if scan else [])
         now = time.time()
         blobs = [b"", b"", b""]
         if proc.result is not None and not proc.bad:
@@ -910,6 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     lazylog.mark_host()
     lazylog.keep_log_fd()
     host = Host(mode, ctl_in, ctl_out)
+    host.subreaper = containment.become_subreaper()
     host.run()
     return 0
 
