@@ -113,7 +113,8 @@ class ComputationSpec:
     ``work_dir`` is the computation's directory, ``serializer`` the name of the serializer its blobs
     are in, ``setup_timeout`` how long setup may run (seconds; 0 or less: no bound). ``extra`` holds
     what the node decided for it (``jobs_per_process`` bounded by the node's maximum, ``init_file``,
-    ``max_file_size``); executors may read further keys of their own.
+    ``max_file_size``) and ``job_limits`` as the client asked them (:mod:`dispy_core.joblimits`: the
+    executor checks them and bounds them by its own ceilings); executors may read further keys of their own.
     """
 
     computation: Computation
