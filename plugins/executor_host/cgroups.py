@@ -97,12 +97,14 @@ class Cgroup:
             return False
 
 
+_GROUPS = itertools.count(1)
+
+
 class CgroupRoot:
     """Where this node makes its computations' groups: beside its own group."""
 
     def __init__(self, parent: Path) -> None:
         self.parent = parent
-        self._seq = itertools.count(1)
 
     @classmethod
     def find(cls) -> tuple[CgroupRoot | None, str]:
@@ -121,7 +123,8 @@ class CgroupRoot:
 
     def make(self) -> Cgroup | None:
         """A new, empty group; None if the kernel refuses (then containment works without it)."""
-        path = self.parent / f"{PREFIX}{os.getpid()}-{next(self._seq)}"
+        path = self.parent / f"{PREFIX}{os.getpid()}-{next(_GROUPS)}"  # one count per process: several
+        # executors in one process (simulated nodes, tests) must never pick the same name
         try:
             path.mkdir()
         except FileExistsError:  # a crashed node of this pid left it: take it over
