@@ -35,6 +35,7 @@ from dispy_core.node.recovery import Recovery
 from dispy_core.node.service import ServiceState, ServiceWindow, minute_of_day
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol import messages as m
+from dispy_core.protocol.codec import encode_frame
 from dispy_core.protocol.session import MAX_PAYLOAD
 from dispy_core.ratelog import Throttled
 from dispy_core.state import events as ev
@@ -168,6 +169,7 @@ class NodeServer:
             raise ConfigError(f"node.max_unauthenticated must be an integer of at least 1, not "
                               f"{self.max_unauthenticated!r}")
         self._unauthenticated = 0
+        self.only_from: set[str] = set()  # --scheduler_node: the only peers served
         self.max_payload = self.config.get("transport.max_payload", MAX_PAYLOAD)
         if type(self.max_payload) is not int or self.max_payload < 1 << 20:
             raise ConfigError(f"transport.max_payload must be a number of bytes of at least 1 MiB, not "
@@ -202,6 +204,8 @@ class NodeServer:
         psutil.cpu_percent(interval=None)  # prime the CPU meter
         if self.options.service.active:
             self.apply_service_state()  # a window already closed refuses the very first job
+        if self.options.scheduler_nodes:
+            await self._resolve_schedulers()
         port = self.options.port
         self.listeners.clear()
         for bind in self.bind_hosts or [""]:  # "": every address, IPv4 and IPv6
@@ -420,10 +424,36 @@ class NodeServer:
         return names
 
     # ------------------------------------------------------------------ connections
+    async def _resolve_schedulers(self) -> None:
+        """``--scheduler_node``: the addresses this node serves, and no other (resolved once, at start)."""
+        loop = asyncio.get_running_loop()
+        for spec in self.options.scheduler_nodes:
+            host = spec.rpartition(":")[0] if spec.count(":") == 1 else spec.strip("[]")
+            try:
+                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as exc:
+                raise ConfigError(f"--scheduler_node {spec!r} does not resolve: {exc}") from exc
+            self.only_from.update(str(info[4][0]) for info in infos)
+        log.info("dispynode %s serves only its scheduler(s): %s", self.name, ", ".join(sorted(self.only_from)))
+
+    async def _refuse_stranger(self, stream: ByteStream) -> None:
+        """A peer other than the scheduler this node serves: told why (an Error before the handshake), closed."""
+        reason = f"this node serves only its scheduler ({', '.join(sorted(self.only_from))})"
+        self._busy.warning("refused connection from %s: %s", _fmt(stream.peer), reason, key="stranger")
+        try:
+            stream.write_nowait(encode_frame(m.Error("refused", reason), seq=0, serializer="", mac_key=None))
+            await asyncio.wait_for(stream.read(4096), 1.0)  # its Hello: closing before it arrives would reset
+        except (OSError, DispyError, TimeoutError):  # the connection, and the peer would not read why
+            pass
+        await stream.close()
+
     async def _serve(self, stream: ByteStream) -> None:
+        if self.only_from and stream.peer[0] not in self.only_from:
+            await self._refuse_stranger(stream)
+            return
         if self._unauthenticated >= self.max_unauthenticated:
             self._busy.warning("refused connection from %s: %d connections are still proving the secret "
-                                   "(node.max_unauthenticated)", _fmt(stream.peer), self._unauthenticated)
+                               "(node.max_unauthenticated)", _fmt(stream.peer), self._unauthenticated, key="busy")
             await stream.close()
             return
         self._unauthenticated += 1

@@ -337,3 +337,15 @@ def test_old_options_are_accepted(node_factory: Factory) -> None:
 def test_bad_values_exit_2(args: list[str], message: str) -> None:
     proc = run_cli("-i", "127.0.0.1", *args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_a_node_with_a_scheduler_serves_only_it(node_factory: Factory) -> None:
+    node = node_factory("--scheduler_node", "127.0.0.2")  # announced to, and the only peer served
+    assert "serves only its scheduler(s): 127.0.0.2" in node.log()
+    cluster = dispy.JobCluster(abs, nodes=[dispy.NodeAllocate("127.0.0.1", port=node.port)])
+    try:
+        assert wait_for(lambda: bool(cluster.status()["failed_nodes"]), timeout=20)
+        [reason] = cluster.status()["failed_nodes"].values()
+        assert "this node serves only its scheduler (127.0.0.2)" in reason, reason
+    finally:
+        cluster.close(timeout=0, terminate=True)
