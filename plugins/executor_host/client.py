@@ -24,6 +24,7 @@ from typing import Any
 from dispy_core import joblimits
 from dispy_core.errors import ComputationBroken, ConfigError, DispyError, ExecutionError, SetupError
 from dispy_core.interfaces import ComputationSpec, ExecutorEvents, JobOutcome
+from dispy_core.protocol.session import MAX_PAYLOAD
 from dispy_core.status import JobStatus
 from dispy_plugins.executor_host import ipc, namespace, proctree
 from dispy_plugins.executor_host.cgroups import Cgroup, CgroupRoot
@@ -244,7 +245,7 @@ class HostExecutor:
     """A :class:`~dispy_core.interfaces.JobExecutor` running each computation in a host process.
 
     Subclasses pick ``mode``: "fork" (jobs fork from the host) or "spawn" (a fresh interpreter per job).
-    Settings read from the node config: ``executor.max_frame`` (bytes, default 256 MiB),
+    Settings read from the node config: ``executor.max_frame`` (bytes, default ``transport.max_payload`` + 1 MiB),
     ``executor.start_timeout`` (seconds a host may take to load the computation, default 60) and
     ``executor.<mode>.spares`` (job processes kept started ahead of need, default 8 forked or 2 spawned),
     ``executor.fork.zygote`` (false: the host forks job processes itself, not its fork server), the
@@ -263,6 +264,8 @@ class HostExecutor:
     def __init__(self, config: Any = None) -> None:
         get = getattr(config, "get", None)
         default_max = ipc.DEFAULT_MAX_FRAME
+        if get:  # a job's arguments and result as large as the wire lets them be: one setting, max_payload
+            default_max = max(default_max, int(get("transport.max_payload", MAX_PAYLOAD)) + (1 << 20))
         self.max_frame = int(get("executor.max_frame", default_max)) if get else default_max
         self.start_timeout = float(get("executor.start_timeout", 60.0)) if get else 60.0
         default = DEFAULT_SPARES[self.mode]
