@@ -27,8 +27,8 @@ exactly once, even if the process cannot be reaped.
 
 A job that ends by itself ends what it started (see :mod:`containment`): the job process does it before
 its result leaves; for a job process that died, the zygote does it, or this process for those it
-started itself (it is a subreaper too: a child that is neither a job process, the zygote, nor one it
-had before it started that job process, is a dead job's and is killed; see ``_sweep``). Each job
+started itself (it is a subreaper too: a child that is neither a job process, the zygote, nor its own
+is a dead job's and is killed; see ``_sweep``). Each job
 process's fds 1 and 2 are pipes read here (see :mod:`capture`): the job's stdout and stderr come from
 them, read dry when the result arrives.
 """
@@ -222,7 +222,7 @@ class Host:
         self.forked: dict[int, _Proc] = {}  # job processes the zygote forked and has not reported gone
         self.limits: dict[str, int] = {}  # the job limits the node decided (joblimits), set in each job
         self.subreaper = False  # orphans below this process come here (see _sweep)
-        self.own: set[int] = set()  # children that are this process's own (setup's), not a job's
+        self.own: set[int] = set()  # children this process had when setup was done (setup's)
         self.stray = 0  # bytes of output that came while no job ran (dropped)
 
     # ------------------------------------------------------------------ loop
@@ -434,7 +434,6 @@ class Host:
         spawn: the job inherits it, and so does every program it starts, at no cost to the job.
         """
         token = proctree.job_token(os.getpid(), next(self._spare_seq))
-        self._note_own()
         os.environ[proctree.JOB_ENV] = token
         try:
             proc = self._fork_spare() if self.mode == "fork" else self._spawn_spare()
@@ -646,17 +645,26 @@ class Host:
         return known
 
     def _note_own(self) -> None:
-        """Remember the children this process has now as its own (setup's, say): whatever comes later
-        and is no job process was re-parented here from a job process that died."""
+        """Setup is done and no job process exists yet: every child now is this process's own."""
         if self.subreaper:
-            job_processes = self._known() - self.own
-            self.own = {pid for pid in containment.children(os.getpid()) if pid not in job_processes}
+            self.own = set(containment.children(os.getpid())) - self._known()
 
     def _sweep(self) -> None:
-        """Kill the leftovers of dead jobs (their children re-parent here as they die: again then)."""
+        """Kill the leftovers of dead jobs (their children re-parent here as they die: again then).
+
+        A child that is no job process is a job's unless it was here when setup was done or is in this
+        process's session: every job process starts a session of its own, and nothing can join another
+        session, so what a job started is never in this one (what setup's threads start later is).
+        """
         if not self.subreaper:
             return
+        session = os.getsid(0)
         for pid in containment.strangers(self._known()):
+            try:
+                if os.getsid(pid) == session:
+                    continue
+            except OSError:  # gone (and reaped by whoever watched it)
+                continue
             containment.kill([pid])
             self.exits.watch(pid, lambda status: self._sweep())
 
