@@ -16,10 +16,14 @@ from dispy_core.errors import DispyError, PeerClosedError, ProtocolError, Remote
 from dispy_core.interfaces import ByteStream, Serializer, Transport
 from dispy_core.protocol import messages as m
 from dispy_core.protocol.session import Session
+from dispy_core.ratelog import Throttled
 
 log = logging.getLogger("dispy.channel")
 
 READ_SIZE = 1 << 20
+_dropped = Throttled(log)
+"""Connections dropped for a protocol error: one line per kind per period, whoever floods."""
+
 REPLY_TYPES: tuple[type[m.Message], ...] = (
     m.NodeInfo, m.ComputationReady, m.ComputationClosed, m.FileAck, m.Pong, m.Error, m.JobsRecovered)
 
@@ -186,7 +190,7 @@ class Channel:
             log.warning("connection with %s: %s", _fmt(self.peer), exc)
         except ProtocolError as exc:
             self.close_reason = self.close_reason or f"protocol error: {exc}"
-            log.warning("dropping connection with %s: %s", _fmt(self.peer), exc)
+            _dropped.warning("dropping connection with %s: %s", _fmt(self.peer), exc, key=type(exc).__name__)
             try:  # tell the peer why, so its log does not just say "closed by peer"
                 self.stream.write_nowait(self.session.farewell(f"protocol error: {exc}"))
             except (OSError, TransportError):
