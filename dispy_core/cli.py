@@ -20,7 +20,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"dispy: error: {exc}", file=sys.stderr)
         return 2
     selected = {"transport": [config.transport], "discovery": [config.discovery],
-                "scheduler": [config.scheduler], "serializer": [config.serializer],
+                "scheduler": [config.scheduler], "policy": [config.policy], "serializer": [config.serializer],
                 "executor": list(config.executors), "extra": list(config.extras)}
     print(f"dispy {__version__}; configuration from {config.source}")
     for role in ROLE_GROUPS:

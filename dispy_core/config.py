@@ -9,13 +9,14 @@ Format::
     transport = "tcp"
     discovery = "udp"
     scheduler = "loadbalance"
+    policy = "loadbalance"          # dispyscheduler: which computation goes next (loadbalance, fair_cluster, ...)
     serializer = "pickle"
     executors = ["fork", "spawn"]   # first that can run on this platform
     extras = []                     # names in the "dispy.plugins" group to load too
 
     [<anything else>]               # plugin-specific tables, read with Config.get("table.key")
 
-Environment overrides: ``DISPY_TRANSPORT``, ``DISPY_DISCOVERY``, ``DISPY_SCHEDULER``,
+Environment overrides: ``DISPY_TRANSPORT``, ``DISPY_DISCOVERY``, ``DISPY_SCHEDULER``, ``DISPY_POLICY``,
 ``DISPY_SERIALIZER``, ``DISPY_EXECUTORS`` (comma separated), ``DISPY_EXTRAS``.
 """
 
@@ -33,7 +34,7 @@ from typing import Any
 from dispy_core.errors import ConfigError
 
 ROLES = ("client", "node", "scheduler", "relay", "job")
-PLUGIN_KEYS = ("transport", "discovery", "scheduler", "serializer", "executors", "extras")
+PLUGIN_KEYS = ("transport", "discovery", "scheduler", "policy", "serializer", "executors", "extras")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Config:
     transport: str = "tcp"
     discovery: str = "udp"
     scheduler: str = "loadbalance"
+    policy: str = "loadbalance"
+    """dispyscheduler's policy between computations (group ``dispy.policy``)."""
     serializer: str = "pickle"
     executors: tuple[str, ...] = ("fork", "spawn")
     extras: tuple[str, ...] = ()

@@ -15,7 +15,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from dispy_core.config import Config
-    from dispy_core.interfaces import JobView, NodeView, Scheduler
+    from dispy_core.interfaces import JobView, NodeView, Policy, Scheduler
 
 PROJECT_NAME = "dispy"
 
@@ -129,6 +129,24 @@ def dispy_make_scheduler(config: Config) -> Scheduler | None:
     Stops at the first non-None result.
 
     Runs on: client | scheduler
+    """
+
+
+@hookspec(firstresult=True)
+def dispy_make_policy(config: Config, name: str) -> Policy | None:
+    """Create dispyscheduler's policy between computations: whose waiting job goes next to a free CPU.
+
+    Selected by name (``dispyscheduler --policy``, ``[plugins] policy`` in the site config, ``DISPY_POLICY``)
+    from the ``dispy.policy`` entry points; one module may serve several names and returns None for the
+    others. One object per scheduler; the arbiter (``dispy_core.state.arbiter``) calls its ``choose``.
+
+    :param config: the scheduler's Config (a policy may read its own table with ``config.get``).
+    :param name: the policy name asked for.
+    :return: an object following :class:`dispy_core.interfaces.Policy`, or None if not this plugin's name.
+
+    Stops at the first non-None result.
+
+    Runs on: scheduler
     """
 
 

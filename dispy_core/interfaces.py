@@ -265,3 +265,41 @@ class Scheduler(Protocol):
     def job_done(self, node_id: str, run_time: float) -> None: ...
 
     def assign(self, pending: Sequence[JobView], nodes: Sequence[NodeLoad]) -> list[tuple[int, str]]: ...
+
+
+# --------------------------------------------------------------------------- policy (dispyscheduler)
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """A snapshot of one computation of ``dispyscheduler`` that has a job waiting, for the policy to choose from.
+
+    ``order`` is its arrival number (clusters are admitted first come, first served; lower came earlier).
+    ``next_submit`` is the submit time of its next waiting job. ``served`` is the arbiter's serve number of
+    the last CPU slot this computation was given (0: never yet); within one decision it grows with each slot
+    handed out, so "least recently served" is exact. ``in_flight`` counts its jobs at nodes (all nodes) plus
+    the slots given in this decision; ``pending`` its jobs still waiting here.
+    """
+
+    comp_id: str
+    name: str
+    order: int
+    created: float
+    pending: int
+    next_submit: float
+    in_flight: int = 0
+    served: int = 0
+    jobs_done: int = 0
+    exclusive: bool = False
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Decides which computation's waiting job goes next when a node has a free CPU slot (``dispyscheduler``).
+
+    ``choose`` gets the computations that have a job waiting and room at ``node_id`` (never empty) and
+    returns the ``comp_id`` of the one to serve, or None to leave the slot free. It should be a pure
+    function of its arguments: the arbiter calls it once per slot, updating the views between calls.
+    """
+
+    name: str
+
+    def choose(self, clusters: Sequence[ClusterView], node_id: str) -> str | None: ...

@@ -22,6 +22,7 @@ ROLE_GROUPS: dict[str, str] = {
     "transport": "dispy.transport",
     "discovery": "dispy.discovery",
     "scheduler": "dispy.scheduler",
+    "policy": "dispy.policy",
     "serializer": "dispy.serializer",
     "executor": "dispy.executor",
     "extra": "dispy.plugins",
@@ -145,6 +146,11 @@ class DispyPluginManager:
         return self._required(self.hook.dispy_make_scheduler(config=self.config), "scheduler",
                               self.config.scheduler)
 
+    def make_policy(self) -> Any:
+        """dispyscheduler's policy between computations, by the configured name."""
+        return self._required(self.hook.dispy_make_policy(config=self.config, name=self.config.policy), "policy",
+                              self.config.policy)
+
     @staticmethod
     def _required(result: Any, role: str, name: str) -> Any:
         if result is None:
@@ -155,7 +161,7 @@ class DispyPluginManager:
 _ROLES_BY_SERVER_ROLE: dict[str, tuple[str, ...]] = {
     "client": ("transport", "discovery", "scheduler", "serializer", "extra"),
     "node": ("transport", "discovery", "serializer", "executor", "extra"),
-    "scheduler": ("transport", "discovery", "scheduler", "serializer", "extra"),
+    "scheduler": ("transport", "discovery", "scheduler", "policy", "serializer", "extra"),
     "relay": ("transport", "discovery", "extra"),
     "job": ("serializer",),
 }

@@ -17,10 +17,16 @@ from dispy_core.client.nodes import NodeAllocate
 
 log = logging.getLogger("dispy")
 
-__all__ = ["SCHEDULER_PORT_OFFSET", "SharedJobCluster"]
+__all__ = ["SCHEDULER_PIPELINE", "SCHEDULER_PORT_OFFSET", "SharedJobCluster"]
 
 SCHEDULER_PORT_OFFSET = 2
 """The scheduler's client-facing port is its base port + 2 (9702 by default), as in the original."""
+
+SCHEDULER_PIPELINE = 1 << 12
+"""Jobs per scheduler CPU the client keeps at the scheduler: in effect every job goes there at once, as in the
+original. The scheduler's policy can only choose between jobs it has; with a node's pipeline (two per CPU) the
+client would hold the rest back, and the earliest-submitted job of a computation would reach the scheduler
+after other computations' later ones."""
 
 
 class SharedJobCluster(JobCluster):
@@ -28,8 +34,9 @@ class SharedJobCluster(JobCluster):
 
     ``port`` (or ``dispy_port``) is the scheduler's base port, as its ``-p``: it is reached at that + 2;
     ``scheduler_port`` names the client-facing port itself. ``secret`` is the scheduler's
-    ``--cluster_secret``; ``certfile``/``keyfile``/``cafile`` are for TLS with the scheduler. ``nodes`` and
-    ``exclusive`` are passed on to the scheduler (which does not act on them yet: see the README).
+    ``--cluster_secret``; ``certfile``/``keyfile``/``cafile`` are for TLS with the scheduler. With
+    ``exclusive=True`` the computation waits until those set up before it close, then has the nodes to itself.
+    ``nodes`` is passed on to the scheduler, which does not act on it yet (see the README).
     """
 
     def __init__(self, computation: Any, nodes: Any = None, depends: list[Any] | None = None,
@@ -59,6 +66,11 @@ class SharedJobCluster(JobCluster):
                          dispy_port=dispy_port, loglevel=loglevel, setup=setup, cleanup=cleanup, dest_path=dest_path,
                          reentrant=reentrant, secret=secret, keyfile=keyfile, certfile=certfile,
                          recover_file=recover_file, poll_interval=poll_interval, **extra)
+
+    async def _discover_initial(self) -> None:
+        # Before the scheduler is set up (on the loop, ahead of its NodeReady): its capacity comes from this.
+        self._driver.state.pipeline = SCHEDULER_PIPELINE
+        await super()._discover_initial()
 
     def _computation_options(self) -> dict[str, Any]:
         """What the scheduler needs to treat jobs as this program would: on a lost node, resubmit or not."""

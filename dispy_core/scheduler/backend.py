@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from dispy_core.client.allocation import NodeEntry
 from dispy_core.client.computation import FileDepend, Package
@@ -29,8 +29,12 @@ from dispy_core.config import Config
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol import messages as m
 from dispy_core.state import events as ev
-from dispy_core.state.cluster import ALLOWED_FAILURES
+from dispy_core.state.arbiter import Gate
+from dispy_core.state.cluster import ALLOWED_FAILURES, ClusterState
 from dispy_core.status import FINAL_JOB_STATES, JobStatus
+
+if TYPE_CHECKING:
+    from dispy_core.scheduler.arbiter import Arbiter
 
 log = logging.getLogger("dispy.scheduler")
 
@@ -74,7 +78,8 @@ class Backend:
     """The JobCluster-shaped object ``ClientDriver`` and ``NodeLife`` drive, for one client computation."""
 
     def __init__(self, side: NodeSide, opened: m.ComputationOpen, files: list[FileDepend],
-                 to_client: Callable[[m.Message], Any], job_ended: Callable[[int], None]) -> None:
+                 to_client: Callable[[m.Message], Any], job_ended: Callable[[int], None],
+                 arbiter: Arbiter | None = None) -> None:
         options = dict(opened.options)
         own = {key: options.pop(key) for key in SCHEDULER_OPTIONS if key in options}
         record = dataclasses.replace(Computation.of(opened), options=options)
@@ -82,7 +87,11 @@ class Backend:
         self.plugins = side.plugins
         self.transport = side.transport
         self.serializer = side.serializer
-        self.scheduler = side.plugins.make_scheduler()  # one per computation: it learns that computation's job times
+        # One scheduler plugin per computation (it learns that computation's job times), shown only the
+        # slots the arbiter grants when an arbiter shares the nodes between computations.
+        self.gate = Gate(side.plugins.make_scheduler())
+        self.scheduler = self.gate if arbiter is not None else self.gate.inner
+        self.arbiter = arbiter
         self.discovery = side.plugins.make_discovery()
         self.secret = side.secret
         self.node_port = side.node_port
@@ -104,8 +113,7 @@ class Backend:
         self.reentrant = own.get("reentrant") is True
         failures = own.get("allowed_failures")
         self.allowed_failures = failures if type(failures) is int and failures >= 1 else ALLOWED_FAILURES
-        if own.get("exclusive") is True:
-            log.warning("computation %s asked exclusive=True: not implemented yet, it shares the nodes", self.name)
+        self.exclusive = own.get("exclusive") is True
         self.job_status = self.cluster_status = None
         self._callbacks = None
         self._recover_log = None
@@ -114,6 +122,16 @@ class Backend:
         self._discovered = asyncio.Event()
         self._driver = RelayDriver(self, to_client, job_ended)
         self._life = self._driver.life
+        if arbiter is not None:
+            arbiter.join(self, self.exclusive, self._start_time)
+
+    @property
+    def state(self) -> ClusterState:
+        return self._driver.state
+
+    def redispatch(self) -> None:
+        """The arbiter granted this computation more slots: send what waits."""
+        self._driver.feed(ev.Redispatch(time.time()))
 
     # ------------------------------------------------------------------ what the scheduler's front calls
     async def start(self) -> int:
@@ -148,7 +166,11 @@ class Backend:
         if self._closed:
             return
         self._closed = True
-        await self._driver.shutdown(terminate)
+        try:
+            await self._driver.shutdown(terminate)
+        finally:
+            if self.arbiter is not None:  # its jobs are off the nodes now: their slots go to the others
+                self.arbiter.leave(self.comp_id)
 
     # ------------------------------------------------------------------ what the driver calls back (JobCluster's)
     def _computation_options(self) -> dict[str, Any]:
@@ -170,6 +192,13 @@ class RelayDriver(ClientDriver):
         self.backend = backend
         self.to_client = to_client
         self.job_ended = job_ended
+
+    def feed(self, event: ev.ClusterEvent) -> list[ev.ClusterInstruction]:
+        """As the client's, and then the arbiter hears that this computation changed."""
+        instructions = super().feed(event)
+        if self.backend.arbiter is not None:
+            self.backend.arbiter.changed()
+        return instructions
 
     def _notify_job(self, notice: ev.NotifyJob) -> None:
         job = self.jobs.get(notice.uid)

@@ -26,8 +26,7 @@ ZOMBIE_INTERVAL = 60.0
 
 log = logging.getLogger("dispy.scheduler")
 
-NOT_IMPLEMENTED: tuple[str, ...] = ("ext_host", "ping_interval", "httpd", "cooperative", "fair_cluster_scheduler",
-                                    "early_cluster_scheduler", "config", "save_config")
+NOT_IMPLEMENTED: tuple[str, ...] = ("ext_host", "ping_interval", "httpd", "cooperative", "config", "save_config")
 """Options accepted so that old command lines still start; each logs that it has no effect yet."""
 
 
@@ -71,8 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cooperative", action="store_true", help="(not implemented yet)")
     parser.add_argument("--cleanup_nodes", action="store_true",
                         help="nodes delete every computation's files, even if its client asked cleanup=False")
-    parser.add_argument("--fair_cluster_scheduler", action="store_true", help="(not implemented yet)")
-    parser.add_argument("--early_cluster_scheduler", action="store_true", help="(not implemented yet)")
+    parser.add_argument("--policy", default=None, metavar="NAME",
+                        help="which computation's job goes next when computations share CPUs: a dispy.policy plugin "
+                             "(loadbalance: earliest-submitted job first, the default; fair_cluster; early_cluster; "
+                             "default: the site config's [plugins] policy, else $DISPY_POLICY, else loadbalance)")
+    parser.add_argument("--fair_cluster_scheduler", action="store_true",
+                        help="the computation least recently served goes next (= --policy fair_cluster)")
+    parser.add_argument("--early_cluster_scheduler", action="store_true",
+                        help="the earliest-created computation goes next (= --policy early_cluster)")
     parser.add_argument("--daemon", action="store_true", help="no interactive console (there is none yet)")
     parser.add_argument("--config", default=None, help="(not implemented yet)")
     parser.add_argument("--save_config", default=None, help="(not implemented yet)")
@@ -126,6 +131,19 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parse_size(args.max_file_size)
     except ValueError as exc:
         parser.error(str(exc))
+    args.policy = chosen_policy(args, parser)
+
+
+def chosen_policy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+    """``--policy`` or the original's flags (which must not disagree); None: the site config decides."""
+    named = [name for flag, name in (("fair_cluster_scheduler", "fair_cluster"),
+                                     ("early_cluster_scheduler", "early_cluster")) if getattr(args, flag)]
+    if args.policy is not None and not args.policy.strip():
+        parser.error("--policy needs a policy name")
+    wanted = set(named) | ({args.policy.strip()} if args.policy else set())
+    if len(wanted) > 1:
+        parser.error(f"choose one policy, not {' and '.join(sorted(wanted))}")
+    return wanted.pop() if wanted else None
 
 
 def build_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SchedulerServer:
@@ -133,7 +151,7 @@ def build_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> S
     from dispy import config as public  # the original's multicast groups
 
     node_config = load_config("scheduler", certfile=args.node_certfile, keyfile=args.node_keyfile,
-                              cafile=args.cafile, msg_timeout=args.msg_timeout)
+                              cafile=args.cafile, msg_timeout=args.msg_timeout, policy=args.policy)
     client_config = node_config.replace(certfile=args.cluster_certfile, keyfile=args.cluster_keyfile)
     node_plugins = DispyPluginManager(node_config)
     client_plugins = DispyPluginManager(client_config)

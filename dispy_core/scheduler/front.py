@@ -30,6 +30,7 @@ from dispy_core.node.liveness import send_quietly, zombie_loop
 from dispy_core.paths import check_relpath, safe_join
 from dispy_core.protocol import messages as m
 from dispy_core.ratelog import Throttled
+from dispy_core.scheduler.arbiter import Arbiter
 from dispy_core.scheduler.backend import Backend, NodeSide
 from dispy_core.status import JobStatus, RefusalReason
 
@@ -89,6 +90,7 @@ class SchedulerServer:
         self.transport = transport
         self.serializer = serializer
         self.side = side
+        self.arbiter = Arbiter(side.plugins.make_policy())
         self.comps: dict[str, ClientComputation] = {}
         self.channels: set[Channel] = set()
         self.listeners: list[Listener] = []
@@ -108,8 +110,8 @@ class SchedulerServer:
         self.address = (self.options.hosts[0] if self.options.hosts else "", self.listeners[0].address[1])
         nodes = ", ".join(f"{h}:{p or self.side.node_port}" for h, p in self.side.nodes) or \
             f"every node discovery finds (UDP {self.side.node_port})"
-        log.info("dispyscheduler %s serving clients at %s%s; nodes: %s", self.options.name, _fmt(self.address),
-                 " with TLS" if self.options.tls else "", nodes)
+        log.info("dispyscheduler %s serving clients at %s%s; nodes: %s; policy: %s", self.options.name,
+                 _fmt(self.address), " with TLS" if self.options.tls else "", nodes, self.arbiter.policy_name)
         if not self.options.secret:
             log.warning("dispyscheduler has NO cluster secret: any program that can reach %s can run code on its "
                         "nodes; set --cluster_secret", _fmt(self.address))
@@ -268,7 +270,8 @@ class SchedulerServer:
     async def _setup(self, comp: ClientComputation, req_id: int) -> None:
         """Set the computation up on the nodes; the client learns how many CPUs they gave it, or why none."""
         comp.backend = Backend(self.side, comp.opened, list(comp.depends),
-                               to_client=comp.channel.send_nowait, job_ended=lambda uid: self._job_ended(comp, uid))
+                               to_client=comp.channel.send_nowait, job_ended=lambda uid: self._job_ended(comp, uid),
+                               arbiter=self.arbiter)
         cpus = await comp.backend.start()
         if comp.closing:
             return

@@ -424,6 +424,9 @@ class ClusterState:
         if relaxed:
             self._dispatch(out)
 
+    def _redispatch(self, event: ev.Redispatch, out: Out) -> None:
+        self._dispatch(out)
+
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self, out: Out) -> None:
         """Send queued jobs to nodes with room: pinned jobs first, then the scheduler's assignments."""
@@ -509,6 +512,7 @@ class ClusterState:
         ev.ClusterClosing: _cluster_closing,
         ev.NoUsableNode: _no_usable_node,
         ev.Tick: _tick,
+        ev.Redispatch: _redispatch,
     }
 
 

@@ -20,8 +20,8 @@ __all__ = [
     "CompClosing", "CompOpened", "CompReady", "DiscoveryDone", "JobArrived", "JobCancelAsked", "JobEnded", "JobLost",
     "JobStarted", "JobSubmitted", "KillJob", "NodeAllocation", "NodeCapacity", "NodeClosing", "NodeCpus", "NodeEvent",
     "NodeInstruction", "NodeLost", "NodeReady", "NoUsableNode", "NodeReleased", "NotifyJob", "NotifyNode",
-    "ProvisionalArrived", "Refused", "RefuseJob", "ReportCancelled", "ResultArrived", "SendCancel", "SendFailed",
-    "SendJobs", "SendResult", "StartJob", "TerminateRunning", "Tick",
+    "ProvisionalArrived", "Redispatch", "Refused", "RefuseJob", "ReportCancelled", "ResultArrived", "SendCancel",
+    "SendFailed", "SendJobs", "SendResult", "StartJob", "TerminateRunning", "Tick",
 ]
 
 
@@ -187,9 +187,17 @@ class Tick:
     time: float
 
 
+@dataclass(frozen=True, slots=True)
+class Redispatch:
+    """What the scheduler plugin would assign changed outside the state (``dispyscheduler``'s arbiter gave this
+    computation CPUs another one freed): send queued jobs to nodes with room again."""
+
+    time: float
+
+
 ClusterEvent = (JobSubmitted | DiscoveryDone | NodeReady | NodeCpus | NodeAllocation | NodeClosing | NodeLost
                 | NodeReleased | JobStarted | ResultArrived | ProvisionalArrived | Refused | JobLost | SendFailed
-                | CancelAsked | ClusterClosing | NoUsableNode | Tick)
+                | CancelAsked | ClusterClosing | NoUsableNode | Tick | Redispatch)
 
 
 # =========================================================================== cluster: instructions
