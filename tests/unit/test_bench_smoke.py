@@ -29,3 +29,17 @@ def test_bench_quick_runs(tmp_path: Path) -> None:
     report = json.loads(out_json.read_text())
     assert report["baseline"]["throughput_jobs_s"] is not None
     assert all(r["throughput_jobs_s"] is not None and not r["errors"] for r in report["dispy"])
+
+
+@pytest.mark.timeout(150)
+def test_bench_scheduler_quick_runs(tmp_path: Path) -> None:
+    """bench/bench_scheduler.py --quick: the same jobs direct and through dispyscheduler, both measured."""
+    out_json = tmp_path / "sched.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_scheduler.py"), "--quick", "--json",
+                           str(out_json)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "the scheduler's cost per job:" in proc.stdout
+    rows = json.loads(out_json.read_text())
+    assert [row["name"] for row in rows] == ["direct (JobCluster)", "through dispyscheduler"]
+    assert all(row["jobs"] == 100 and row["jobs_per_s"] > 0 for row in rows)
