@@ -131,12 +131,16 @@ class SchedulerServer:
         self._stopped.set()
         for listener in self.listeners:
             await listener.close()
+        # The clients first, told why: each takes its jobs as lost with the connection (a reentrant client sends
+        # them again when it reconnects to a scheduler started again), none hears of them as terminated.
+        for channel in list(self.channels):
+            await send_quietly(channel, m.Error("stopping", f"dispyscheduler {self.options.name} stopping; its "
+                                                            f"computations are closed on the nodes"))
+            await channel.close("dispyscheduler stopping")
         comps = list(self.comps.values())
         if comps:
             log.info("closing %d computations on their nodes", len(comps))
             await asyncio.gather(*(self._close(comp, True) for comp in comps), return_exceptions=True)
-        for channel in list(self.channels):
-            await channel.close("dispyscheduler stopping")
         for task in list(self._tasks):
             task.cancel()
         log.info("dispyscheduler %s stopped", self.options.name)

@@ -161,3 +161,37 @@ def test_a_node_killed_mid_run_drops_no_job_of_a_reentrant_client(
         first.close(timeout=30)
         second.close(timeout=30)
     assert f"lost node 127.0.0.1:{nodes[0].port}" in scheduler.log()
+
+
+def test_clients_survive_the_scheduler_restarting(
+        node_factory: Callable[..., NodeProcess], scheduler_factory: Callable[..., SchedulerProcess],
+        tmp_path: Path) -> None:
+    nodes = [node_factory("-c", "2", "--name", f"node{i}", secret=NODE_SECRET) for i in range(2)]
+    scheduler = scheduler_factory(nodes)
+    again = shared(scheduler, slow, tmp_path, reentrant=True)
+    lost = shared(scheduler, slow, tmp_path)
+    try:
+        jobs = [again.submit(1.0) for _ in range(6)]
+        others = [lost.submit(1.0) for _ in range(6)]
+        wait_for(lambda: scheduler.log().count("set up with 4 CPUs on 2 nodes") == 2, timeout=20)
+        time.sleep(0.4)  # jobs of both run on the nodes
+        assert scheduler.stop() == 0
+        restarted = scheduler_factory(nodes, base_port=scheduler.base_port)  # the same port
+        # the reentrant client's jobs are sent again and finish; the other's end Abandoned, saying why
+        assert [job(timeout=30)[0] for job in jobs if job is not None] == [1.0] * 6, \
+            [(job.status, job.exception) for job in jobs if job is not None]
+        for job in others:
+            assert job is not None
+            job(timeout=30)
+            assert job.status in (JobStatus.Finished, JobStatus.Abandoned), (job.status, job.exception)
+            if job.status == JobStatus.Abandoned:
+                assert f"{scheduler.port} lost" in (job.exception or ""), job.exception
+        assert any(job is not None and job.status == JobStatus.Abandoned for job in others)
+        # both clients reconnected by themselves: new jobs run through the new scheduler
+        for cluster in (again, lost):
+            fresh = cluster.submit(0.1)
+            assert fresh is not None and fresh(timeout=30) is not None and fresh.status == JobStatus.Finished
+        assert restarted.log().count("set up with 4 CPUs on 2 nodes") == 2
+    finally:
+        again.close(timeout=30)
+        lost.close(timeout=30)
