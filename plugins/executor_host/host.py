@@ -28,9 +28,8 @@ exactly once, even if the process cannot be reaped.
 A job that ends by itself ends what it started (see :mod:`containment`): the job process does it before
 its result leaves; for a job process that died, the zygote does it, or this process for those it
 started itself (it is a subreaper too: a child that is neither a job process, the zygote, nor its own
-is a dead job's and is killed; see ``_sweep``). Each job
-process's fds 1 and 2 are pipes read here (see :mod:`capture`): the job's stdout and stderr come from
-them, read dry when the result arrives.
+is a dead job's and is killed; see ``_sweep``). Each job process's fds 1 and 2 are pipes read here
+(see :mod:`capture`): the job's stdout and stderr come from them, read dry when its result arrives.
 """
 
 from __future__ import annotations
