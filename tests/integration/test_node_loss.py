@@ -41,7 +41,9 @@ def test_a_poison_job_takes_down_only_allowed_failures_nodes(node_factory: Calla
         assert poison.wait(timeout=60)
         assert poison.status == dispy.DispyJob.Abandoned
         assert "lost while running it 2 times" in str(poison.exception), poison.exception
-        assert sum(1 for node in nodes if node.proc.poll() is None) == 1  # two died, no more
+        wait_for(lambda: sum(1 for node in nodes if node.proc.poll() is None) == 1, timeout=15)  # two died
+        time.sleep(0.5)
+        assert sum(1 for node in nodes if node.proc.poll() is None) == 1  # and no more
         jobs = [cluster.submit(i) for i in range(10)]
         assert [job() for job in jobs if job is not None] == [i * i for i in range(10)]
 
