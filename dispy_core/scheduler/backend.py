@@ -42,8 +42,9 @@ __all__ = ["SCHEDULER_OPTIONS", "Backend", "NodeSide", "RelayDriver"]
 
 SCHEDULER_OPTIONS = ("reentrant", "allowed_failures", "exclusive", "recover", "pulse_interval")
 """Computation options meant for the scheduler, not the nodes: taken out of the record before it goes on.
-``recover`` is the client's recover file (recover_jobs through the scheduler is not done yet, so nodes must
-not keep results for an acknowledgement that never comes); ``pulse_interval`` is the scheduler's own."""
+``recover`` is the client's recover file: the scheduler, the client's one node, keeps the results until the
+client acknowledges them (``front.py``), so the nodes need not (a node lost is the scheduler's to recover from,
+by ``reentrant``); ``pulse_interval`` is the scheduler's own."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ from dispy_core.client.computation import FileDepend
 from dispy_core.errors import DispyError, ProtocolError, UnsafePathError
 from dispy_core.interfaces import ByteStream, Listener
 from dispy_core.node.files import ComputationFiles
+from dispy_core.node.kept import KEPT_LIMIT, DiskBudget, KeptResults
 from dispy_core.node.liveness import send_quietly, zombie_loop
 from dispy_core.paths import check_relpath, safe_join
 from dispy_core.protocol import messages as m
@@ -44,6 +45,8 @@ client's own ``NodeAllocate`` may ask for fewer; the answer to ``ComputationSetu
 nodes really gave (their sum), which is what the client pipelines for."""
 HANDSHAKE_DEADLINE = 5.0
 JOB_FILES = ".jobs"
+KEPT = ".kept"
+"""Under a computation's directory here: the results kept for its client's ``recover_jobs``."""
 
 
 @dataclass
@@ -59,6 +62,10 @@ class ClientComputation:
     """A job's own files (``dispy_job_depends``), each job in its own directory: relpath -> path here."""
     backend: Backend | None = None
     closing: bool = False
+    kept: KeptResults | None = None
+    """For a client that keeps a recover file: the results it has not acknowledged (as a node keeps them)."""
+    detached_at: float | None = None
+    """When its client went away without closing it (its jobs go on, their results kept for recover_jobs)."""
 
     @property
     def name(self) -> str:
@@ -98,6 +105,7 @@ class SchedulerServer:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refusals = Throttled(log)
+        self._kept_budget = DiskBudget(KEPT_LIMIT)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> tuple[str, int]:
@@ -115,6 +123,7 @@ class SchedulerServer:
         if not self.options.secret:
             log.warning("dispyscheduler has NO cluster secret: any program that can reach %s can run code on its "
                         "nodes; set --cluster_secret", _fmt(self.address))
+        self._spawn(self._expire_loop())
         if self.options.zombie_interval > 0:
             self._spawn(zombie_loop(self.options.zombie_interval * 60.0, lambda: self.channels, self._stopped,
                                     self._drop_zombie, self._spawn))
@@ -177,10 +186,53 @@ class SchedulerServer:
             self.channels.discard(channel)
             gone = [comp for comp in self.comps.values() if comp.channel is channel]
             if gone and not self._stopped.is_set():
-                log.warning("client %s went away (%s) without closing %s; closing on the nodes, its jobs terminated",
-                            _fmt(channel.peer), channel.close_reason, ", ".join(c.name for c in gone))
                 for comp in gone:
+                    self._client_gone(channel, comp)
+
+    def _client_gone(self, channel: Channel, comp: ClientComputation) -> None:
+        """Its client went away without closing it: kept for ``recover_jobs`` if the client keeps a recover
+        file (as a node keeps it), else closed on the nodes."""
+        if comp.kept is not None and comp.backend is not None and not comp.closing:
+            comp.detached_at = time.time()
+            comp.kept.spill()
+            log.warning("client %s went away (%s) without closing %s; its jobs go on and their results are kept "
+                        "for recover_jobs (up to %g min)", _fmt(channel.peer), channel.close_reason, comp.name,
+                        self.keep_minutes)
+            return
+        log.warning("client %s went away (%s) without closing %s; closing on the nodes, its jobs terminated",
+                    _fmt(channel.peer), channel.close_reason, comp.name)
+        self._spawn(self._close(comp, True))
+
+    @property
+    def keep_minutes(self) -> float:
+        """How long a detached computation is kept: the zombie interval, or an hour when that is off."""
+        return self.options.zombie_interval or 60.0
+
+    async def _expire_loop(self) -> None:
+        """Close the detached computations nobody recovered within ``keep_minutes``."""
+        limit = self.keep_minutes * 60.0
+        period = max(0.05, min(limit / 4.0, 30.0))
+        while not self._stopped.is_set():
+            await asyncio.sleep(period)
+            now = time.time()
+            for comp in list(self.comps.values()):
+                if comp.detached_at is not None and now - comp.detached_at >= limit and not comp.closing:
+                    log.warning("computation %s: not recovered within %g min of its client going away; closing "
+                                "it with its %d kept results", comp.name, self.keep_minutes,
+                                len(comp.kept) if comp.kept is not None else 0)
                     self._spawn(self._close(comp, True))
+
+    def _to_client(self, comp: ClientComputation, msg: m.Message) -> bool:
+        """What the nodes say about the computation, on to its client's connection of the moment; a result
+        is kept until the client acknowledges it (on disk while the client is away)."""
+        channel = comp.channel
+        if comp.kept is None or not isinstance(msg, m.JobResult):
+            return channel.send_nowait(msg)
+        if comp.detached_at is None and channel.send_nowait(msg):
+            comp.kept.keep_sent(msg)
+        else:
+            comp.kept.store(msg)
+        return True
 
     async def _drop_zombie(self, channel: Channel, silent: float) -> None:
         log.warning("client %s silent for %.1f s (zombie_interval %g min): presumed dead", _fmt(channel.peer),
@@ -233,7 +285,9 @@ class SchedulerServer:
             channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, False, error=str(exc)))
             return
         files = ComputationFiles(work_dir, self.options.max_file_size)
-        self.comps[msg.comp_id] = ClientComputation(msg, channel, work_dir, files)
+        comp = self.comps[msg.comp_id] = ClientComputation(msg, channel, work_dir, files)
+        if msg.options.get("recover") is True:
+            comp.kept = KeptResults(work_dir / KEPT, self._kept_budget)
         log.info("computation %s (%s) opened by %s", msg.name, msg.comp_id, _fmt(channel.peer))
         channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, True))
 
@@ -274,7 +328,8 @@ class SchedulerServer:
     async def _setup(self, comp: ClientComputation, req_id: int) -> None:
         """Set the computation up on the nodes; the client learns how many CPUs they gave it, or why none."""
         comp.backend = Backend(self.side, comp.opened, list(comp.depends),
-                               to_client=comp.channel.send_nowait, job_ended=lambda uid: self._job_ended(comp, uid),
+                               to_client=lambda msg: self._to_client(comp, msg),
+                               job_ended=lambda uid: self._job_ended(comp, uid),
                                arbiter=self.arbiter)
         cpus = await comp.backend.start()
         if comp.closing:
@@ -339,17 +394,57 @@ class SchedulerServer:
                 await comp.backend.close(terminate)
         finally:
             self.comps.pop(comp.opened.comp_id, None)
+            if comp.kept is not None:
+                comp.kept.clear()
             comp.files.remove(self.options.dest_path_prefix, True)
             if comp.work_dir.is_relative_to(self.options.dest_path_prefix):
                 shutil.rmtree(comp.work_dir, ignore_errors=True)
             log.info("computation %s (%s) closed", comp.name, comp.opened.comp_id)
 
     def _on_ack(self, channel: Channel, msg: m.ResultsAck) -> None:
-        """The client keeps a recover file; the nodes keep no results for it here (see SCHEDULER_OPTIONS)."""
+        """The client has these results for good: the scheduler, which kept them for it, forgets them."""
+        comp = self.comps.get(msg.comp_id)
+        if comp is not None and comp.channel is channel and comp.kept is not None:
+            comp.kept.acknowledged(msg.job_uids)
 
     def _on_recover(self, channel: Channel, msg: m.JobsRecover) -> None:
-        channel.send_nowait(m.Error("unsupported", "recover_jobs through dispyscheduler is not implemented yet",
-                                    msg.req_id))
+        """``recover_jobs`` on ``channel`` (answered as a node answers, see ``node/recovery.py``): the
+        computation is its own from now on; the results kept go to it at once, the others as their jobs end."""
+        comp = self.comps.get(msg.comp_id)
+        wanted = set(msg.job_uids)
+        if comp is None or comp.closing or comp.backend is None:
+            channel.send_nowait(m.JobsRecovered(msg.req_id, msg.comp_id, False, unknown=sorted(wanted), error=(
+                "no such computation at dispyscheduler (closed, expired after the zombie interval, or the "
+                "scheduler was restarted since)")))
+            return
+        previous = comp.channel
+        if previous is not channel:
+            comp.channel = channel
+            if comp.kept is not None:
+                comp.kept.spill()  # sent on the old connection, perhaps never received
+            if not previous.closed:  # the old client frozen or cut off, not gone: it is replaced
+                self._spawn(previous.close("computation taken over by recover_jobs"))
+        comp.detached_at = None
+        kept = comp.kept
+        if kept is not None:
+            kept.forget_except(wanted)
+        have = kept.uids() & wanted if kept is not None else set()
+        active = {uid for uid in comp.backend._driver.jobs if uid in wanted} - have
+        dropped = kept.dropped if kept is not None else {}
+        unknown = wanted - have - active
+        reasons = sorted({dropped[uid] for uid in unknown if uid in dropped})
+        if kept is None:
+            reasons.append("the client kept no recover file when it opened the computation")
+        log.info("computation %s taken over by recover_jobs from %s: %d results kept, %d jobs active, %d unknown",
+                 comp.name, _fmt(channel.peer), len(have), len(active), len(unknown))
+        channel.send_nowait(m.JobsRecovered(msg.req_id, msg.comp_id, True, kept=sorted(have),
+                                            running=sorted(active), unknown=sorted(unknown),
+                                            error="; ".join(reasons)))
+        if kept is not None:
+            for uid in sorted(have):
+                result = kept.load(uid)
+                if result is not None:
+                    channel.send_nowait(result)
 
     _handlers: dict[type[m.Message], Any] = {
         m.NodeInfoRequest: _on_info,

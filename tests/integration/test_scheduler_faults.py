@@ -33,8 +33,8 @@ def hog(seconds):
     return seconds
 
 cluster = dispy.SharedJobCluster(hog, scheduler_node=sys.argv[1], scheduler_port=int(sys.argv[2]),
-                                 secret={CLUSTER_SECRET!r}, reentrant=sys.argv[3] == "1")
-jobs = [cluster.submit(30) for _ in range(int(sys.argv[4]))]
+                                 secret={CLUSTER_SECRET!r}, reentrant=sys.argv[3] == "1", recover_file=sys.argv[6])
+jobs = [cluster.submit(float(sys.argv[5])) for _ in range(int(sys.argv[4]))]
 print("submitted", flush=True)
 time.sleep(120)  # killed before this ends
 """
@@ -70,10 +70,11 @@ def victim(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     script = tmp_path / "victim.py"
     script.write_text(VICTIM)
 
-    def start(scheduler: SchedulerProcess, jobs: int, reentrant: bool = False) -> subprocess.Popen[str]:
+    def start(scheduler: SchedulerProcess, jobs: int, seconds: float, reentrant: bool = False,
+              recover_file: str = "_dispy_hog") -> subprocess.Popen[str]:
         proc = subprocess.Popen([sys.executable, str(script), scheduler.host, str(scheduler.port),
-                                 "1" if reentrant else "0", str(jobs)], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                 "1" if reentrant else "0", str(jobs), str(seconds), recover_file], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(proc)
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -111,7 +112,8 @@ def test_a_client_killed_never_drops_another_clients_jobs(
         victim: Callable[..., subprocess.Popen[str]], tmp_path: Path, policy: str) -> None:
     nodes = [node_factory("-c", "2", "--name", f"node{i}", secret=NODE_SECRET) for i in range(2)]
     scheduler = scheduler_factory(nodes, "--policy", policy)
-    hog = victim(scheduler, 12)  # holds every CPU (30 s jobs), more waiting at the scheduler
+    # holds every CPU, more waiting at the scheduler; its jobs go on after it dies (kept for recover_jobs)
+    hog = victim(scheduler, 12, 2.0)
     scheduler.wait_log("set up with 4 CPUs on 2 nodes")
     cluster = shared(scheduler, slow, tmp_path)
     try:
@@ -126,7 +128,7 @@ def test_a_client_killed_never_drops_another_clients_jobs(
     finally:
         assert cluster.close(timeout=30)
     log = scheduler.log()
-    assert "went away" in log and "without closing hog" in log, log
+    assert "without closing hog; its jobs go on and their results are kept for recover_jobs" in log, log
 
 
 def test_a_node_killed_mid_run_drops_no_job_of_a_reentrant_client(
@@ -195,3 +197,49 @@ def test_clients_survive_the_scheduler_restarting(
     finally:
         again.close(timeout=30)
         lost.close(timeout=30)
+
+
+def test_recover_jobs_through_the_scheduler_after_the_client_died(
+        node_factory: Callable[..., NodeProcess], scheduler_factory: Callable[..., SchedulerProcess],
+        victim: Callable[..., subprocess.Popen[str]], tmp_path: Path) -> None:
+    nodes = [node_factory("-c", "2", "--name", f"node{i}", secret=NODE_SECRET) for i in range(2)]
+    scheduler = scheduler_factory(nodes)
+    recover_file = tmp_path / "_dispy_victim"
+    dead = victim(scheduler, 10, 1.5, recover_file=str(recover_file))
+    scheduler.wait_log("set up with 4 CPUs on 2 nodes")
+    time.sleep(2.0)  # the first results reached it, others run, the rest wait at the scheduler
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.wait(5)
+    scheduler.wait_log("their results are kept for recover_jobs")
+    time.sleep(1.5)  # results of some jobs come while nobody is there to take them
+    lines = recover_file.read_text().splitlines()
+    delivered = {int(line.split()[1]) for line in lines if line.startswith("D ")}
+    assert len(delivered) < 10
+    jobs = dispy.recover_jobs(str(recover_file), timeout=30)
+    assert sorted(job._uid for job in jobs) == sorted(set(range(1, 11)) - delivered)
+    assert [(job.status, job.result) for job in jobs] == [(JobStatus.Finished, 1.5)] * len(jobs), \
+        [(job.status, job.exception) for job in jobs]
+    log = scheduler.wait_log(") closed")  # recover_jobs closed the computation once it had every result
+    assert "taken over by recover_jobs" in log
+    assert not recover_file.exists()  # nothing left to recover
+
+
+def test_recover_jobs_of_a_computation_the_scheduler_does_not_have_says_why(
+        node_factory: Callable[..., NodeProcess], scheduler_factory: Callable[..., SchedulerProcess],
+        tmp_path: Path) -> None:
+    node = node_factory("-c", "1", "--name", "node0", secret=NODE_SECRET)
+    scheduler = scheduler_factory([node])
+    recover_file = tmp_path / "_dispy_gone"
+    cluster = shared(scheduler, slow, tmp_path, recover_file=str(recover_file))
+    try:
+        job = cluster.submit(0.1)
+        assert job is not None and job(timeout=30) is not None
+        copy = recover_file.read_text()
+    finally:
+        cluster.close()
+    # as if the client had died with a job out: the scheduler closed that computation meanwhile
+    lost = tmp_path / "_dispy_lost"
+    lost.write_text(copy.replace("D 1\n", ""))
+    jobs = dispy.recover_jobs(str(lost), timeout=10)
+    assert [job.status for job in jobs] == [JobStatus.Abandoned]
+    assert "no such computation at dispyscheduler" in (jobs[0].exception or "")
