@@ -91,15 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     """The command line over the ``--config`` file's options."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config:
-        given = args
-        nodeconfig.load_file_defaults(parser, args.config)
-        args = parser.parse_args(argv)
-        for action in parser._actions:  # a repeatable option given on the command line replaces the file's
-            if isinstance(action, argparse._AppendAction) and getattr(given, action.dest):
-                setattr(args, action.dest, getattr(given, action.dest))
-    return args, parser
+    return nodeconfig.parse_with_config(parser, argv), parser
 
 
 def _check_init_file(path: str, parser: argparse.ArgumentParser) -> str:

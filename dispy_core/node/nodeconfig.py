@@ -1,4 +1,4 @@
-"""``dispynode --config FILE`` / ``--save_config FILE``: the command line's options in a JSON file.
+"""``--config FILE`` / ``--save_config FILE`` (dispynode, dispyscheduler): the command line's options in a JSON file.
 
 JSON, because it round-trips every option type we have (numbers, flags, lists) with the standard
 library alone. Keys are the options' long names without dashes (``dispy_port``, ``cpus``, ``host``...).
@@ -68,12 +68,30 @@ def _checked(parser: argparse.ArgumentParser, path: str, key: str, action: argpa
     return str(value)  # argparse converts (and checks) string defaults with the option's type
 
 
-def saved_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """What ``--save_config`` writes: every option's value, never a secret."""
-    out: dict[str, Any] = {NOTE_KEY: "written by dispynode --save_config; secret and admin_secret are not "
-                                     "saved: give them with -s/--admin_secret or $DISPY_SECRET"}
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The command line over the ``--config`` file's options (a repeatable option given on the command
+    line replaces the file's list rather than adding to it)."""
+    args = parser.parse_args(argv)
+    if args.config:
+        given = args
+        load_file_defaults(parser, args.config)
+        args = parser.parse_args(argv)
+        for action in parser._actions:
+            if isinstance(action, argparse._AppendAction) and getattr(given, action.dest):
+                setattr(args, action.dest, getattr(given, action.dest))
+    return args
+
+
+NODE_NOTE = ("written by dispynode --save_config; secret and admin_secret are not saved: give them with "
+             "-s/--admin_secret or $DISPY_SECRET")
+
+
+def saved_options(args: argparse.Namespace, parser: argparse.ArgumentParser, secrets: frozenset[str] = SECRET_KEYS,
+                  note: str = NODE_NOTE) -> dict[str, Any]:
+    """What ``--save_config`` writes: every option's value, never one of ``secrets``."""
+    out: dict[str, Any] = {NOTE_KEY: note}
     for dest in _actions(parser):
-        if dest in NOT_SAVED:
+        if dest in NOT_SAVED or dest in secrets:
             continue
         out[dest] = getattr(args, dest, None)
     return out

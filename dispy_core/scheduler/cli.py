@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dispy_core.config import load_config
 from dispy_core.errors import DispyError
+from dispy_core.node import nodeconfig
 from dispy_core.node.cli import quiet_accept_errors
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol.session import MAX_PAYLOAD
@@ -26,7 +27,12 @@ ZOMBIE_INTERVAL = 60.0
 
 log = logging.getLogger("dispy.scheduler")
 
-NOT_IMPLEMENTED: tuple[str, ...] = ("ext_host", "ping_interval", "httpd", "cooperative", "config", "save_config")
+SECRET_OPTIONS = frozenset({"node_secret", "cluster_secret"})
+"""Never written by ``--save_config`` (see ``node/nodeconfig.py``: no harmless form of a secret exists)."""
+SAVED_NOTE = ("written by dispyscheduler --save_config; node_secret and cluster_secret are not saved: give them "
+              "with --node_secret/--cluster_secret or $DISPY_NODE_SECRET/$DISPY_CLUSTER_SECRET")
+
+NOT_IMPLEMENTED: tuple[str, ...] = ("ext_host", "ping_interval", "httpd", "cooperative")
 """Options accepted so that old command lines still start; each logs that it has no effect yet."""
 
 
@@ -79,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--early_cluster_scheduler", action="store_true",
                         help="the earliest-created computation goes next (= --policy early_cluster)")
     parser.add_argument("--daemon", action="store_true", help="no interactive console (there is none yet)")
-    parser.add_argument("--config", default=None, help="(not implemented yet)")
-    parser.add_argument("--save_config", default=None, help="(not implemented yet)")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="read options from this JSON file (the command line overrides them)")
+    parser.add_argument("--save_config", default=None, metavar="FILE",
+                        help="write the options to this JSON file (without secrets) and exit")
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging")
     return parser
 
@@ -201,10 +209,36 @@ async def run_scheduler(server: SchedulerServer, clean: bool = False) -> None:
         await server.stop()
 
 
+def _command_line_policy_wins(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """A policy chosen on the command line (by name or by flag) replaces the file's, whichever way it chose."""
+    given = build_parser().parse_args(argv)
+    if given.policy is not None or given.fair_cluster_scheduler or given.early_cluster_scheduler:
+        args.policy = given.policy
+        args.fair_cluster_scheduler = given.fair_cluster_scheduler
+        args.early_cluster_scheduler = given.early_cluster_scheduler
+
+
+def save_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``--save_config FILE``: the options (checked first, as if starting), secrets left out; then exit."""
+    saved = nodeconfig.saved_options(args, parser, secrets=SECRET_OPTIONS, note=SAVED_NOTE)
+    saved.update(fair_cluster_scheduler=False, early_cluster_scheduler=False)  # the choice is saved once, as policy
+    try:
+        nodeconfig.save_options(args.save_config, saved)
+    except OSError as exc:
+        print(f"dispyscheduler: error: cannot write {args.save_config!r}: {exc}", file=sys.stderr)
+        return 1
+    print(f"dispyscheduler: options saved to {args.save_config} (secrets are not saved)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = nodeconfig.parse_with_config(parser, argv)
+    if args.config:
+        _command_line_policy_wins(args, argv)
     check_args(args, parser)
+    if args.save_config:
+        return save_config(args, parser)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     log_compatibility(args)
