@@ -12,12 +12,13 @@ import logging
 import socket
 from typing import Any
 
+from dispy_core.client.allocation import parse_nodes
 from dispy_core.client.cluster import DEFAULT_DISPY_PORT, JobCluster
 from dispy_core.client.nodes import NodeAllocate
 
 log = logging.getLogger("dispy")
 
-__all__ = ["SCHEDULER_PIPELINE", "SCHEDULER_PORT_OFFSET", "SharedJobCluster"]
+__all__ = ["SCHEDULER_PIPELINE", "SCHEDULER_PORT_OFFSET", "SharedJobCluster", "wire_nodes"]
 
 SCHEDULER_PORT_OFFSET = 2
 """The scheduler's client-facing port is its base port + 2 (9702 by default), as in the original."""
@@ -36,7 +37,8 @@ class SharedJobCluster(JobCluster):
     ``scheduler_port`` names the client-facing port itself. ``secret`` is the scheduler's
     ``--cluster_secret``; ``certfile``/``keyfile``/``cafile`` are for TLS with the scheduler. With
     ``exclusive=True`` the computation waits until those set up before it close, then has the nodes to itself.
-    ``nodes`` is passed on to the scheduler, which does not act on it yet (see the README).
+    ``nodes`` picks among the scheduler's nodes (JobCluster's forms and rules; ``NodeAllocate.cpus`` caps the
+    CPUs used on each); a node it does not name is not used for this computation. See :func:`wire_nodes`.
     """
 
     def __init__(self, computation: Any, nodes: Any = None, depends: list[Any] | None = None,
@@ -58,9 +60,7 @@ class SharedJobCluster(JobCluster):
             raise ValueError(f"exclusive must be True or False, not {exclusive!r}")
         self.exclusive = exclusive
         self.scheduler_node = scheduler
-        self._wanted_nodes = nodes
-        if nodes not in (None, "*", ["*"]):
-            log.warning("SharedJobCluster(nodes=...): the scheduler uses its own nodes for now; nodes= is ignored")
+        self._wanted_nodes = wire_nodes(nodes)
         super().__init__(computation, nodes=[NodeAllocate(scheduler, port=scheduler_port)], depends=depends,
                          job_status=job_status, cluster_status=cluster_status, host=host, ext_host=ext_host,
                          dispy_port=dispy_port, loglevel=loglevel, setup=setup, cleanup=cleanup, dest_path=dest_path,
@@ -79,7 +79,29 @@ class SharedJobCluster(JobCluster):
         options["allowed_failures"] = self.allowed_failures
         if self.exclusive:
             options["exclusive"] = True
+        if self._wanted_nodes is not None:
+            options["nodes"] = self._wanted_nodes
         return options
+
+
+def wire_nodes(nodes: Any) -> list[dict[str, Any]] | None:
+    """``nodes=`` as the scheduler takes it: ``{host, port, cpus}`` per entry (None: all the scheduler's nodes).
+
+    The scheduler never runs the client's code nor loads its objects, so an ``allocate`` override, ``depends``
+    and ``setup_args`` of a node stay here: they are ignored, and the log says so."""
+    if nodes is None or nodes == "*" or nodes == ["*"]:
+        return None
+    wire = []
+    for entry in parse_nodes(nodes, 0):
+        alloc = entry.alloc
+        dropped = [what for what, there in (("its allocate()", type(alloc) is not NodeAllocate),
+                                            ("depends", bool(alloc.depends)), ("setup_args", bool(alloc.setup_args)))
+                   if there]
+        if dropped:
+            log.warning("SharedJobCluster nodes=: the scheduler applies only the host, port and cpus of %r; %s "
+                        "ignored", alloc, ", ".join(dropped))
+        wire.append({"host": alloc.host, "port": alloc.port or None, "cpus": int(alloc.cpus)})
+    return wire
 
 
 def _local_host() -> str:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from dispy_core.client.allocation import NodeEntry
+from dispy_core.client.allocation import NodeEntry, choose_alloc
 from dispy_core.client.computation import FileDepend, Package
 from dispy_core.client.connections import READY, NodeConn
 from dispy_core.client.driver import ClientDriver
@@ -40,11 +42,81 @@ log = logging.getLogger("dispy.scheduler")
 
 __all__ = ["SCHEDULER_OPTIONS", "Backend", "NodeSide", "RelayDriver"]
 
-SCHEDULER_OPTIONS = ("reentrant", "allowed_failures", "exclusive", "recover", "pulse_interval")
+SCHEDULER_OPTIONS = ("reentrant", "allowed_failures", "exclusive", "recover", "pulse_interval", "nodes")
 """Computation options meant for the scheduler, not the nodes: taken out of the record before it goes on.
 ``recover`` is the client's recover file: the scheduler, the client's one node, keeps the results until the
 client acknowledges them (``front.py``), so the nodes need not (a node lost is the scheduler's to recover from,
-by ``reentrant``); ``pulse_interval`` is the scheduler's own."""
+by ``reentrant``); ``pulse_interval`` is the scheduler's own; ``nodes`` is the client's ``nodes=`` (see
+:class:`ClientNodes`)."""
+
+
+class ClientNodes:
+    """A client's ``SharedJobCluster(nodes=...)``: which of the scheduler's nodes its computation uses, and how many
+    of their CPUs. The rules are JobCluster's (``client/allocation.py``: entries naming a node's address or name,
+    then wildcards); a node that matches none is not used for this computation. Only ``host``, ``port`` and
+    ``cpus`` travel: the scheduler never runs a client's code (an ``allocate`` override) nor loads its objects."""
+
+    def __init__(self, wanted: Any) -> None:
+        if not isinstance(wanted, list) or not wanted:
+            raise ValueError(f"nodes must be a non-empty list, not {wanted!r}")
+        self.allocs: list[NodeAllocate] = []
+        for item in wanted:
+            if not isinstance(item, dict) or set(item) - {"host", "port", "cpus"}:
+                raise ValueError(f"a node must be {{host, port, cpus}}, not {item!r}")
+            port, cpus = item.get("port"), item.get("cpus", 0)
+            self.allocs.append(NodeAllocate(item.get("host"), port=port or None, cpus=cpus))  # type: ignore[arg-type]
+        self.entries = [NodeEntry(alloc, plain=False) for alloc in self.allocs]
+        self.refused: list[str] = []
+        """The scheduler's nodes this computation does not use (``addr:port (name)``), for the client's error."""
+
+    async def resolve(self) -> None:
+        """Host names the client gave match the addresses they resolve to here, as well as a node's name."""
+        loop = asyncio.get_running_loop()
+        for alloc in list(self.allocs):
+            if alloc.is_pattern or _is_address(alloc.host):
+                continue
+            try:
+                infos = await loop.getaddrinfo(alloc.host, None, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError):
+                continue
+            for addr in dict.fromkeys(info[4][0] for info in infos):
+                self.entries.append(NodeEntry(NodeAllocate(str(addr), port=alloc.port, cpus=alloc.cpus), plain=False))
+
+    def cpus_for(self, ip_addr: str, port: int, name: str, cpus: int) -> int:
+        """The node's CPUs this computation uses: 0 if the client's nodes do not name it."""
+        alloc = choose_alloc(self.entries, ip_addr, port, name, None)
+        if alloc is None:
+            self.refused.append(f"{ip_addr}:{port}" + (f" ({name})" if name else ""))
+            log.info("node %s:%d (%s) is not in the client's nodes; not used for its computation", ip_addr, port, name)
+            return 0
+        return alloc.allocate(None, ip_addr, name, cpus)
+
+    def __str__(self) -> str:
+        return ", ".join(f"{a.host}" + (f":{a.port}" if a.port else "") + (f" cpus={a.cpus}" if a.cpus else "")
+                         for a in self.allocs)
+
+
+class SchedulerNode(NodeAllocate):
+    """One of the scheduler's nodes (or its ``*``), as a computation's back end looks for it: its ``allocate``
+    asks the client's ``nodes=`` (when given) how much of the node the computation uses."""
+
+    def __init__(self, host: str, port: int, wanted: ClientNodes | None) -> None:
+        super().__init__(host, port=port)
+        self.wanted = wanted
+
+    def allocate(self, cluster: Any, ip_addr: str, name: str, cpus: int, avail_info: Any = None,
+                 platform: str = "") -> int:
+        if self.wanted is None:
+            return cpus
+        return self.wanted.cpus_for(ip_addr, self.port or 0, name, cpus)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -68,11 +140,12 @@ class NodeSide:
     max_payload: int = 1 << 30
     cleanup_nodes: bool = False
 
-    def entries(self) -> list[NodeEntry]:
-        """Fresh entries for one computation (NodeLife keeps state in them)."""
+    def entries(self, wanted: ClientNodes | None = None) -> list[NodeEntry]:
+        """Fresh entries for one computation (NodeLife keeps state in them); ``wanted``: the client's ``nodes=``,
+        which picks among these (a client cannot make the scheduler use a node it would not use)."""
         if not self.nodes:
-            return [NodeEntry(NodeAllocate("*", port=self.node_port), plain=True)]
-        return [NodeEntry(NodeAllocate(host, port=port or self.node_port), plain=True) for host, port in self.nodes]
+            return [NodeEntry(SchedulerNode("*", self.node_port, wanted), plain=True)]
+        return [NodeEntry(SchedulerNode(host, port or self.node_port, wanted), plain=True) for host, port in self.nodes]
 
 
 class Backend:
@@ -104,7 +177,8 @@ class Backend:
         self.max_payload = side.max_payload
         self.max_file_size = 0
         self.first_node_timeout: float | None = None
-        self._entries = side.entries()
+        self.wanted = ClientNodes(own["nodes"]) if own.get("nodes") is not None else None
+        self._entries = side.entries(self.wanted)
         self._pkg = Package(record, files)
         self._cleanup_files = opened.cleanup_files or side.cleanup_nodes
         self.dest_path = opened.dest_path or None
@@ -139,6 +213,8 @@ class Backend:
         """Contact the nodes (named ones, or those discovery finds) and set the computation up on each; the
         CPUs ready for it once every named node was tried."""
         self._driver.spawn(self._driver.tick())
+        if self.wanted is not None:
+            await self.wanted.resolve()
         await asyncio.gather(self._life.discover(self._entries), self._life.search(self._entries))
         self._discovered.set()
         self._driver.feed(ev.DiscoveryDone())
@@ -148,7 +224,15 @@ class Backend:
         return sum(conn.max_cpus for conn in self._life.nodes.values() if conn.state == READY)
 
     def failures(self) -> str:
-        return "; ".join(f"{key}: {reason}" for key, reason in self._life.failed.items()) or "no node answered"
+        reasons = [f"{key}: {reason}" for key, reason in self._life.failed.items()]
+        if self.wanted is not None and self.wanted.refused:
+            reasons.append(f"the client's nodes ({self.wanted}) match none of the scheduler's: "
+                           f"{', '.join(self.wanted.refused)}")
+        return "; ".join(reasons) or "no node answered"
+
+    def unmatched(self) -> bool:
+        """The client's ``nodes=`` left out every node the scheduler found (none ready, none failed)."""
+        return self.wanted is not None and bool(self.wanted.refused) and not self._life.failed
 
     def submit(self, uid: int, args: bytes, files: list[tuple[str, str]]) -> None:
         job = DispyJob(uid, (), {})

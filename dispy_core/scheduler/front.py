@@ -327,14 +327,19 @@ class SchedulerServer:
 
     async def _setup(self, comp: ClientComputation, req_id: int) -> None:
         """Set the computation up on the nodes; the client learns how many CPUs they gave it, or why none."""
-        comp.backend = Backend(self.side, comp.opened, list(comp.depends),
-                               to_client=lambda msg: self._to_client(comp, msg),
-                               job_ended=lambda uid: self._job_ended(comp, uid),
-                               arbiter=self.arbiter)
+        try:
+            comp.backend = Backend(self.side, comp.opened, list(comp.depends),
+                                   to_client=lambda msg: self._to_client(comp, msg),
+                                   job_ended=lambda uid: self._job_ended(comp, uid),
+                                   arbiter=self.arbiter)
+        except ValueError as exc:  # options the client sent that make no sense (nodes=)
+            await send_quietly(comp.channel, m.ComputationReady(req_id, comp.opened.comp_id, False, error=str(exc)))
+            await self._close(comp, True)
+            return
         cpus = await comp.backend.start()
         if comp.closing:
             return
-        if cpus == 0 and comp.backend._life.failed:  # every node tried failed: the client is told why
+        if cpus == 0 and (comp.backend._life.failed or comp.backend.unmatched()):  # the client is told why
             error = f"no node could set up the computation through dispyscheduler: {comp.backend.failures()}"
             log.warning("computation %s: %s", comp.name, error)
             await send_quietly(comp.channel, m.ComputationReady(req_id, comp.opened.comp_id, False, error=error))

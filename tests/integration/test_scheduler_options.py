@@ -102,3 +102,41 @@ def test_bad_config_file_exits_2(tmp_path: Path, content: str, message: str) -> 
     path.write_text(content)
     proc = run_cli("-i", "127.0.0.1", "--config", str(path))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- SharedJobCluster(nodes=)
+def test_client_nodes_pick_among_the_schedulers_nodes(three_nodes: list[NodeProcess],
+                                                      scheduler_factory: Callable[..., SchedulerProcess]) -> None:
+    scheduler = scheduler_factory(three_nodes)
+    # By name, and by address and port with a cap of 1 CPU: node0 is not used.
+    picked = shared(scheduler, where, nodes=["node1", dispy.NodeAllocate("127.0.0.1", port=three_nodes[2].port,
+                                                                          cpus=1)])
+    wildcard = shared(scheduler, where, nodes=["nod?0"])  # a wildcard matching node0's name only
+    everyone = shared(scheduler, where)
+    try:
+        jobs = {c: [c.submit(i) for i in range(24)] for c in (picked, wildcard, everyone)}
+        ran = {c: {job()[1] for job in js if job is not None} for c, js in jobs.items()}  # type: ignore[index]
+        assert ran[picked] == {"node1", "node2"}
+        assert ran[wildcard] == {"node0"}
+        assert ran[everyone] == {"node0", "node1", "node2"}
+        assert picked.status()["nodes"][0].cpus == 3  # 2 of node1, 1 of node2: the client pipelines for 3
+    finally:
+        for cluster in (picked, wildcard, everyone):
+            assert cluster.close(timeout=30)
+    log = scheduler.log()
+    assert "set up with 3 CPUs on 2 nodes" in log and "set up with 2 CPUs on 1 nodes" in log
+    assert "set up with 6 CPUs on 3 nodes" in log
+
+
+def test_client_nodes_matching_none_end_its_jobs_with_the_reason(
+        three_nodes: list[NodeProcess], scheduler_factory: Callable[..., SchedulerProcess]) -> None:
+    scheduler = scheduler_factory(three_nodes)
+    cluster = shared(scheduler, where, nodes=["10.9.9.9", "elsewhere-*"])
+    try:
+        job = cluster.submit(1)
+        assert job is not None and job() is None
+        assert job.status == dispy.DispyJob.Abandoned
+        assert "match none of the scheduler's" in (job.exception or ""), job.exception
+        assert "(node0)" in (job.exception or "")  # it says which nodes the scheduler has
+    finally:
+        cluster.close(timeout=10)
