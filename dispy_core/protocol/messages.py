@@ -226,6 +226,30 @@ class ComputationClosed(Message):
     error: str = ""
 
 
+@message(25)
+@dataclass(frozen=True, slots=True)
+class NodeCpusRequest(Message):
+    """A ``SharedJobCluster``'s ``set_node_cpus``: how many CPUs of one of its nodes the dispyscheduler uses, for
+    every computation (``node``: its address, name or ``addr:port``; ``cpus`` as ``set_node_cpus`` takes them).
+    Only a scheduler started with ``--cooperative`` agrees."""
+
+    req_id: int
+    comp_id: str
+    node: str
+    cpus: int
+
+
+@message(26)
+@dataclass(frozen=True, slots=True)
+class NodeCpusSet(Message):
+    """The answer: the CPUs of ``node`` used now, or ``cpus`` -1 and ``error`` saying why not."""
+
+    req_id: int
+    cpus: int
+    node: str = ""
+    error: str = ""
+
+
 # --------------------------------------------------------------------------- jobs (30-39)
 @message(30)
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ PINNED = {
     1: "Hello", 2: "Challenge", 3: "Auth", 4: "AuthOk", 5: "Error", 6: "Ping", 7: "Pong",
     10: "NodeInfoRequest", 11: "NodeInfo", 12: "Pulse",
     20: "ComputationOpen", 21: "ComputationReady", 22: "ComputationClose", 23: "ComputationClosed",
+    25: "NodeCpusRequest", 26: "NodeCpusSet",
     30: "JobSubmit", 31: "JobStarted", 32: "JobResult", 33: "JobProvisional", 34: "JobCancel",
     35: "JobRefused", 36: "ResultsAck", 37: "JobsRecover", 38: "JobsRecovered", 39: "JobLost", 8: "Fragment",
     40: "FileChunk", 41: "FileAck", 42: "JobFile",
