@@ -25,7 +25,7 @@ _dropped = Throttled(log)
 """Connections dropped for a protocol error: one line per kind per period, whoever floods."""
 
 REPLY_TYPES: tuple[type[m.Message], ...] = (
-    m.NodeInfo, m.ComputationReady, m.ComputationClosed, m.FileAck, m.Pong, m.Error, m.JobsRecovered)
+    m.NodeInfo, m.ComputationReady, m.ComputationClosed, m.FileAck, m.Pong, m.Error, m.JobsRecovered, m.NodeCpusSet)
 
 
 class Channel:
