@@ -14,7 +14,10 @@ from typing import Any
 
 from dispy_core.client.allocation import parse_nodes
 from dispy_core.client.cluster import DEFAULT_DISPY_PORT, JobCluster
-from dispy_core.client.nodes import NodeAllocate
+from dispy_core.client.connections import READY
+from dispy_core.client.nodes import DispyNode, NodeAllocate
+from dispy_core.errors import DispyError
+from dispy_core.protocol import messages as m
 
 log = logging.getLogger("dispy")
 
@@ -71,6 +74,39 @@ class SharedJobCluster(JobCluster):
         # Before the scheduler is set up (on the loop, ahead of its NodeReady): its capacity comes from this.
         self._driver.state.pipeline = SCHEDULER_PIPELINE
         await super()._discover_initial()
+
+    def set_node_cpus(self, node: Any, cpus: int) -> int:
+        """How many CPUs of ``node`` (one of the scheduler's nodes: its address, name or ``addr:port``; a
+        DispyNode or NodeAllocate of it) the scheduler uses, for every computation, not only this one: 0 all,
+        negative all but that many. Only a scheduler started with ``--cooperative`` agrees; otherwise, or for a
+        node it does not have, -1 and the log says why. The scheduler itself is no node of its own."""
+        if isinstance(node, DispyNode | NodeAllocate):
+            spec = f"{node.ip_addr}:{node.port}" if node.port else node.ip_addr
+        else:
+            spec = node
+        if not isinstance(spec, str) or not spec or not isinstance(cpus, int) or isinstance(cpus, bool):
+            log.warning("set_node_cpus(%r, %r): give a node's address, name or addr:port and a number", node, cpus)
+            return -1
+        return self._run(self._ask_node_cpus(spec, cpus), 2 * self.config.msg_timeout, default=-1)
+
+    async def _ask_node_cpus(self, spec: str, cpus: int) -> int:
+        conn = next((c for c in self._life.nodes.values() if c.state == READY and c.channel is not None), None)
+        if conn is None or conn.channel is None:
+            log.warning("set_node_cpus(%r, %d): not connected to dispyscheduler %s", spec, cpus, self.scheduler_node)
+            return -1
+        channel = conn.channel
+        try:
+            reply = await channel.request(m.NodeCpusRequest(channel.next_req_id(), self.comp_id, spec, cpus),
+                                          self.config.msg_timeout)
+        except (DispyError, OSError) as exc:
+            log.warning("set_node_cpus(%r, %d): dispyscheduler did not answer: %s", spec, cpus, exc)
+            return -1
+        if not isinstance(reply, m.NodeCpusSet) or reply.cpus < 0:
+            why = reply.error if isinstance(reply, m.NodeCpusSet) else f"unexpected answer {reply!r}"
+            log.warning("set_node_cpus(%r, %d): dispyscheduler refused: %s", spec, cpus, why)
+            return -1
+        log.info("set_node_cpus: dispyscheduler uses %d CPUs of %s now", reply.cpus, reply.node)
+        return reply.cpus
 
     def _computation_options(self) -> dict[str, Any]:
         """What the scheduler needs to treat jobs as this program would: on a lost node, resubmit or not."""

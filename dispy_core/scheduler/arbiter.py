@@ -92,7 +92,9 @@ class Arbiter:
         room: dict[str, int] = {}
         jobs_done = 0
         for node_id, node in state.nodes.items():
-            slots[node_id] = max(slots.get(node_id, 0), node.granted * node.pipeline)
+            # Its CPUs times the pipeline, or exactly its CPUs when lowered (set_node_cpus): as ClusterState's capacity.
+            own = node.cpus * node.pipeline if node.cpus >= node.granted else node.cpus
+            slots[node_id] = max(slots.get(node_id, 0), own)
             jobs_done += node.jobs_done
             if node.busy:
                 in_flight[node_id] = node.busy

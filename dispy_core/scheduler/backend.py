@@ -100,12 +100,14 @@ class SchedulerNode(NodeAllocate):
     """One of the scheduler's nodes (or its ``*``), as a computation's back end looks for it: its ``allocate``
     asks the client's ``nodes=`` (when given) how much of the node the computation uses."""
 
-    def __init__(self, host: str, port: int, wanted: ClientNodes | None) -> None:
+    def __init__(self, host: str, port: int, wanted: ClientNodes | None, seen: dict[str, int]) -> None:
         super().__init__(host, port=port)
         self.wanted = wanted
+        self.seen = seen
 
     def allocate(self, cluster: Any, ip_addr: str, name: str, cpus: int, avail_info: Any = None,
                  platform: str = "") -> int:
+        self.seen[f"{ip_addr}:{self.port}"] = cpus  # the node's own count, for set_node_cpus (--cooperative)
         if self.wanted is None:
             return cpus
         return self.wanted.cpus_for(ip_addr, self.port or 0, name, cpus)
@@ -139,13 +141,18 @@ class NodeSide:
     pulse_interval: float | None = None
     max_payload: int = 1 << 30
     cleanup_nodes: bool = False
+    node_cpus: dict[str, int] = field(default_factory=dict)
+    """``addr:port`` -> the CPUs the node offered when a computation was last set up on it."""
+    cpu_limits: dict[str, int] = field(default_factory=dict)
+    """``addr:port`` -> CPUs every computation uses there, set by a client (``--cooperative``)."""
 
     def entries(self, wanted: ClientNodes | None = None) -> list[NodeEntry]:
         """Fresh entries for one computation (NodeLife keeps state in them); ``wanted``: the client's ``nodes=``,
         which picks among these (a client cannot make the scheduler use a node it would not use)."""
         if not self.nodes:
-            return [NodeEntry(SchedulerNode("*", self.node_port, wanted), plain=True)]
-        return [NodeEntry(SchedulerNode(host, port or self.node_port, wanted), plain=True) for host, port in self.nodes]
+            return [NodeEntry(SchedulerNode("*", self.node_port, wanted, self.node_cpus), plain=True)]
+        return [NodeEntry(SchedulerNode(host, port or self.node_port, wanted, self.node_cpus), plain=True)
+                for host, port in self.nodes]
 
 
 class Backend:
@@ -157,6 +164,7 @@ class Backend:
         options = dict(opened.options)
         own = {key: options.pop(key) for key in SCHEDULER_OPTIONS if key in options}
         record = dataclasses.replace(Computation.of(opened), options=options)
+        self.side = side
         self.config = side.config
         self.plugins = side.plugins
         self.transport = side.transport
@@ -203,6 +211,17 @@ class Backend:
     @property
     def state(self) -> ClusterState:
         return self._driver.state
+
+    def limit_node(self, node_id: str, cpus: int) -> bool:
+        """Use ``cpus`` of the node (never more than it granted this computation); False: not set up there."""
+        if node_id not in self.state.nodes:
+            return False
+        self._driver.feed(ev.NodeCpus(node_id, cpus))
+        return True
+
+    def node_keys(self) -> dict[str, str]:
+        """``addr:port`` -> name of each node this computation is set up on now."""
+        return {key: conn.node.name for key, conn in self._life.nodes.items() if conn.state == READY}
 
     def redispatch(self) -> None:
         """The arbiter granted this computation more slots: send what waits."""
@@ -281,6 +300,10 @@ class RelayDriver(ClientDriver):
     def feed(self, event: ev.ClusterEvent) -> list[ev.ClusterInstruction]:
         """As the client's, and then the arbiter hears that this computation changed."""
         instructions = super().feed(event)
+        if isinstance(event, ev.NodeReady):  # a CPU limit a client set (--cooperative) holds for every computation
+            limit = self.backend.side.cpu_limits.get(event.node_id)
+            if limit is not None:
+                instructions += super().feed(ev.NodeCpus(event.node_id, limit))
         if self.backend.arbiter is not None:
             self.backend.arbiter.changed()
         return instructions

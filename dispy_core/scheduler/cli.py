@@ -32,7 +32,7 @@ SECRET_OPTIONS = frozenset({"node_secret", "cluster_secret"})
 SAVED_NOTE = ("written by dispyscheduler --save_config; node_secret and cluster_secret are not saved: give them "
               "with --node_secret/--cluster_secret or $DISPY_NODE_SECRET/$DISPY_CLUSTER_SECRET")
 
-NOT_IMPLEMENTED: tuple[str, ...] = ("ext_host", "ping_interval", "httpd", "cooperative")
+NOT_IMPLEMENTED: tuple[str, ...] = ("ext_host", "ping_interval", "httpd")
 """Options accepted so that old command lines still start; each logs that it has no effect yet."""
 
 
@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_file_size", default="0", help="largest file a client may send (k/m/g; 0 = none)")
     parser.add_argument("--clean", action="store_true", help="remove what a previous scheduler left behind")
     parser.add_argument("--httpd", action="store_true", help="(not implemented yet)")
-    parser.add_argument("--cooperative", action="store_true", help="(not implemented yet)")
+    parser.add_argument("--cooperative", action="store_true",
+                        help="clients may change how many CPUs of a node the scheduler uses, for every computation "
+                             "(SharedJobCluster.set_node_cpus)")
     parser.add_argument("--cleanup_nodes", action="store_true",
                         help="nodes delete every computation's files, even if its client asked cleanup=False")
     parser.add_argument("--policy", default=None, metavar="NAME",
@@ -180,7 +182,7 @@ def build_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> S
                          name=args.name or socket.gethostname(), dest_path_prefix=prefix,
                          msg_timeout=args.msg_timeout, zombie_interval=args.zombie_interval,
                          max_file_size=parse_size(args.max_file_size), max_payload=max_payload,
-                         tls=bool(args.cluster_certfile))
+                         tls=bool(args.cluster_certfile), cooperative=args.cooperative)
     return SchedulerServer(front, client_plugins.make_transport("tcp"), client_plugins.make_serializer(), side)
 
 

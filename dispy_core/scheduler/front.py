@@ -87,6 +87,8 @@ class FrontOptions:
     max_file_size: int = 0
     max_payload: int = 1 << 30
     tls: bool = False
+    cooperative: bool = False
+    """Clients may change how many CPUs of a node the scheduler uses (``set_node_cpus``)."""
 
 
 class SchedulerServer:
@@ -451,6 +453,44 @@ class SchedulerServer:
                 if result is not None:
                     channel.send_nowait(result)
 
+    def _on_node_cpus(self, channel: Channel, msg: m.NodeCpusRequest) -> None:
+        """``set_node_cpus`` of a client (``--cooperative`` only): the CPUs of that node every computation uses."""
+        if self._owned(channel, msg.comp_id, msg.req_id) is None:
+            return
+        cpus, key, error = self._set_node_cpus(msg.node, msg.cpus)
+        if error:
+            log.info("set_node_cpus(%r, %d) from %s refused: %s", msg.node, msg.cpus, _fmt(channel.peer), error)
+        channel.send_nowait(m.NodeCpusSet(msg.req_id, cpus, key, error))
+
+    def _set_node_cpus(self, spec: str, cpus: int) -> tuple[int, str, str]:
+        """(CPUs now used, ``addr:port``, "") or (-1, "", why not)."""
+        if not self.options.cooperative:
+            return -1, "", "dispyscheduler was not started with --cooperative: clients may not change its nodes' CPUs"
+        known: dict[str, str] = {}
+        for comp in self.comps.values():
+            if comp.backend is not None:
+                known.update(comp.backend.node_keys())
+        found = [key for key, name in known.items() if spec in (key, name, key.rpartition(":")[0])]
+        listed = ", ".join(f"{key} ({name})" for key, name in sorted(known.items())) or "none in use now"
+        if len(found) != 1:
+            what = f"names {len(found)} nodes" if found else "is not a node"
+            return -1, "", f"{spec!r} {what} of dispyscheduler; give addr:port or a name of: {listed}"
+        key = found[0]
+        limit = self.side.node_cpus.get(key, 0)
+        wanted = limit if cpus == 0 else limit + cpus if cpus < 0 else min(cpus, limit)
+        if wanted <= 0:
+            return -1, "", f"{cpus} leaves none of the {limit} CPUs of {key}"
+        if wanted == limit:
+            self.side.cpu_limits.pop(key, None)
+        else:
+            self.side.cpu_limits[key] = wanted
+        for comp in self.comps.values():
+            if comp.backend is not None:
+                comp.backend.limit_node(key, wanted)
+        log.info("node %s (%s): %d of its %d CPUs used from now on, for every computation (set by a client, "
+                 "--cooperative)", key, known[key], wanted, limit)
+        return wanted, key, ""
+
     _handlers: dict[type[m.Message], Any] = {
         m.NodeInfoRequest: _on_info,
         m.Ping: _on_ping,
@@ -463,6 +503,7 @@ class SchedulerServer:
         m.JobCancel: _on_cancel,
         m.ResultsAck: _on_ack,
         m.JobsRecover: _on_recover,
+        m.NodeCpusRequest: _on_node_cpus,
     }
 
 

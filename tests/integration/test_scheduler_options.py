@@ -140,3 +140,64 @@ def test_client_nodes_matching_none_end_its_jobs_with_the_reason(
         assert "(node0)" in (job.exception or "")  # it says which nodes the scheduler has
     finally:
         cluster.close(timeout=10)
+
+
+# --------------------------------------------------------------------------- --cooperative: set_node_cpus
+def span(seconds: float) -> tuple[float, float]:
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def overlaps(spans: list[tuple[float, float]]) -> int:
+    """The most jobs that ran at once."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    most = running = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_cooperative_scheduler_lets_a_client_change_a_nodes_cpus_for_everyone(
+        node_factory: Callable[..., NodeProcess], scheduler_factory: Callable[..., SchedulerProcess]) -> None:
+    node = node_factory("-c", "2", "--name", "node0", secret=NODE_SECRET)
+    scheduler = scheduler_factory([node], "--cooperative")
+    first = shared(scheduler, span)
+    second = None
+    try:
+        assert first.submit(0.01)() is not None  # type: ignore[union-attr]  # set up on the node
+        assert first.set_node_cpus("no-such-node", 1) == -1
+        assert first.set_node_cpus("node0", -2) == -1  # leaves none
+        assert first.set_node_cpus("node0", 1) == 1
+        scheduler.wait_log("1 of its 2 CPUs used from now on")
+        second = shared(scheduler, span)  # set up after the change: the limit holds for it too
+        jobs = [cluster.submit(0.3) for cluster in (first, second) for _ in range(3)]
+        spans = [job() for job in jobs if job is not None]
+        assert len(spans) == 6 and overlaps(spans) == 1, spans  # one CPU of the node, for both computations
+        assert first.set_node_cpus(f"{node.host}:{node.port}", 0) == 2  # all of them again
+        jobs = [first.submit(0.5) for _ in range(4)]
+        spans = [job() for job in jobs if job is not None]
+        assert overlaps(spans) == 2, spans
+    finally:
+        for cluster in (first, second):
+            if cluster is not None:
+                assert cluster.close(timeout=30)
+
+
+def test_set_node_cpus_without_cooperative_is_refused_with_the_reason(
+        node_factory: Callable[..., NodeProcess], scheduler_factory: Callable[..., SchedulerProcess],
+        caplog: pytest.LogCaptureFixture) -> None:
+    node = node_factory("-c", "2", "--name", "node0", secret=NODE_SECRET)
+    scheduler = scheduler_factory([node])
+    cluster = shared(scheduler, span)
+    try:
+        assert cluster.submit(0.01)() is not None  # type: ignore[union-attr]
+        with caplog.at_level("WARNING", logger="dispy"):
+            assert cluster.set_node_cpus("node0", 1) == -1
+        assert "not started with --cooperative" in caplog.text
+        assert "refused" in scheduler.wait_log("not started with --cooperative")
+    finally:
+        assert cluster.close(timeout=30)
