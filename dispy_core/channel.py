@@ -43,6 +43,7 @@ class Channel:
         self._req_ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[m.Message]] = {}
         self._held: list[Any] | None = None  # frames queued by send_nowait between hold() and flush()
+        self.close_code = ""  # the code of the peer's farewell, if it said why it closed
 
     # ------------------------------------------------------------------ establishing
     @classmethod
@@ -187,6 +188,7 @@ class Channel:
                     self._dispatch(msg, handler)
         except PeerClosedError as exc:
             self.close_reason = self.close_reason or str(exc)
+            self.close_code = exc.code
             log.warning("connection with %s: %s", _fmt(self.peer), exc)
         except ProtocolError as exc:
             self.close_reason = self.close_reason or f"protocol error: {exc}"
@@ -207,6 +209,15 @@ class Channel:
                 future.set_result(msg)
                 return
         handler(msg)
+
+    async def say_farewell_and_close(self, reason: str, code: str = "closing") -> None:
+        """Tell the peer why (a last Error frame), then close."""
+        if not self.closed:
+            try:
+                self.stream.write_nowait(self.session.farewell(reason, code))
+            except (OSError, TransportError):
+                pass
+        await self.close(reason)
 
     async def close(self, reason: str = "closed") -> None:
         if self.closed:

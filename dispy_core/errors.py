@@ -60,7 +60,12 @@ class PayloadTooLarge(ProtocolError):
 
 
 class PeerClosedError(ProtocolError):
-    """The peer ended the connection and said why (its last, unauthenticated, Error frame)."""
+    """The peer ended the connection and said why (its last, unauthenticated, Error frame); ``code`` is that
+    frame's code ("released": the node's operator freed it from its clients, who should not come back)."""
+
+    def __init__(self, message: str, code: str = "closing") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class AuthenticationError(ProtocolError):

@@ -400,8 +400,9 @@ class NodeLife:
             conn.node.reason = f"connection lost: {reason}"
             self.record_failure(conn.node.key, conn.node.reason)
         known = conn.node.key in self.driver.state.nodes
-        if not self.cluster._closed and conn.node.key in self.named:
-            self.reconnect.failed(conn.node.key, time.time(), conn.node.reason or reason)
+        if not self.cluster._closed and conn.node.key in self.named:  # retried, unless its operator released us
+            self.reconnect.failed(conn.node.key, time.time(), conn.node.reason or reason,
+                                  permanent=channel.close_code == "released")
         self.leaving[conn.node.key] = conn
         try:
             self.driver.feed(ev.NodeLost(conn.node.key, reason, time.time()))

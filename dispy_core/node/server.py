@@ -419,8 +419,8 @@ class NodeServer:
         for comp in list(self.computations.values()):
             names.append(f"{comp.name} ({_fmt(comp.channel.peer)})")
             self._spawn(self._close_computation(comp, terminate=True))
-        for channel in list(self.channels):
-            self._spawn(channel.close("released by the node's operator"))
+        for channel in list(self.channels):  # told so: a client does not come back by itself
+            self._spawn(channel.say_farewell_and_close("released by the node's operator", code="released"))
         return names
 
     # ------------------------------------------------------------------ connections

@@ -289,15 +289,16 @@ class Session:
             raise ProtocolError(f"message reassembled from fragments has {filled} of its {len(buffer)} bytes")
         return decode_body(msg_type, memoryview(buffer), self.blob_views)
 
-    def farewell(self, reason: str) -> bytes:
-        """A last Error frame saying why we end the connection (unMAC'd: usable after the session failed)."""
-        return encode_frame(m.Error(code="closing", message=reason[:500]), seq=0, serializer="", mac_key=None)
+    def farewell(self, reason: str, code: str = "closing") -> bytes:
+        """A last Error frame saying why we end the connection (unMAC'd: usable after the session failed).
+        ``code`` tells the peer what to make of it ("released": do not come back by yourself)."""
+        return encode_frame(m.Error(code=code, message=reason[:500]), seq=0, serializer="", mac_key=None)
 
     def _app_frame(self, frame: Frame) -> m.Message:
         if frame.msg_type == m.Error.CODE and not frame.has_mac:  # the peer's farewell: why it hangs up
             err = _decode(frame)
             assert isinstance(err, m.Error)
-            raise PeerClosedError(f"the peer closed the connection: {err.message[:500]}")
+            raise PeerClosedError(f"the peer closed the connection: {err.message[:500]}", code=err.code)
         self._check_mac(frame)
         name = frame.serializer
         if name and name not in self._accept:
