@@ -2,8 +2,9 @@
 
 The scheduler looks like one big node: the client speaks to it the protocol it speaks to a node, and it
 answers with the CPUs its nodes give this computation. Everything of JobCluster works as before; what only
-makes sense with the nodes themselves (``submit_node``, ``set_node_cpus`` on a real node) sees the scheduler
-as the one node. The scheduler decides which node runs each job.
+makes sense with the nodes themselves (``submit_node``) sees the scheduler as the one node. The scheduler
+decides which node runs each job; ``nodes=`` picks among its nodes, and ``set_node_cpus`` asks it (only a
+scheduler started with ``--cooperative`` agrees) to use fewer or more CPUs of one of them.
 """
 
 from __future__ import annotations

@@ -141,6 +141,8 @@ class NodeSide:
     pulse_interval: float | None = None
     max_payload: int = 1 << 30
     cleanup_nodes: bool = False
+    ping_interval: float | None = None
+    """Seconds between discovery pings for nodes while a computation is open (only with discovery: no ``-n``)."""
     node_cpus: dict[str, int] = field(default_factory=dict)
     """``addr:port`` -> the CPUs the node offered when a computation was last set up on it."""
     cpu_limits: dict[str, int] = field(default_factory=dict)
@@ -237,7 +239,19 @@ class Backend:
         await asyncio.gather(self._life.discover(self._entries), self._life.search(self._entries))
         self._discovered.set()
         self._driver.feed(ev.DiscoveryDone())
+        if self.side.ping_interval and self._life.searcher is not None:
+            self._driver.spawn(self._ping_loop(self.side.ping_interval))
         return self.ready_cpus()
+
+    async def _ping_loop(self, interval: float) -> None:
+        """``--ping_interval``: ping for nodes again and again, so that one whose answer or announcement was lost
+        (UDP) is found all the same; ends with the computation."""
+        while not self._closed:
+            await asyncio.sleep(interval)
+            searcher = self._life.searcher
+            if self._closed or searcher is None:
+                return
+            searcher.ping()
 
     def ready_cpus(self) -> int:
         return sum(conn.max_cpus for conn in self._life.nodes.values() if conn.state == READY)

@@ -32,7 +32,7 @@ SECRET_OPTIONS = frozenset({"node_secret", "cluster_secret"})
 SAVED_NOTE = ("written by dispyscheduler --save_config; node_secret and cluster_secret are not saved: give them "
               "with --node_secret/--cluster_secret or $DISPY_NODE_SECRET/$DISPY_CLUSTER_SECRET")
 
-NOT_IMPLEMENTED: tuple[str, ...] = ("ext_host", "ping_interval", "httpd")
+NOT_IMPLEMENTED: tuple[str, ...] = ("httpd",)
 """Options accepted so that old command lines still start; each logs that it has no effect yet."""
 
 
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a node to use (repeatable; default: every node discovery finds)")
     parser.add_argument("-i", "--host", action="append", default=[],
                         help="address to bind for clients (repeatable; default: every address)")
-    parser.add_argument("--ext_host", action="append", default=[], help="(not implemented yet)")
+    parser.add_argument("--ext_host", action="append", default=[],
+                        help="accepted, not needed: nodes and clients never connect back to the scheduler (see README)")
     parser.add_argument("-p", "--port", "--dispy_port", dest="port", type=int, default=DEFAULT_PORT,
                         help="base port: clients connect to this + 2, nodes listen on this + 1, nodes' "
                              "announcements are heard on this (default 9700)")
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cafile", default=None, help="CA certificates to verify peers (default: each certfile)")
     parser.add_argument("--pulse_interval", type=float, default=None,
                         help="nodes send a pulse every SEC s; a node silent for 5 pulses is lost")
-    parser.add_argument("--ping_interval", type=float, default=None, help="(not implemented yet)")
+    parser.add_argument("--ping_interval", type=float, default=None, metavar="SEC",
+                        help="ping for nodes every SEC s while a computation is open (with discovery: no -n)")
     parser.add_argument("--zombie_interval", type=float, default=ZOMBIE_INTERVAL,
                         help="minutes a client may stay silent (answering no ping) before its computations are "
                              f"closed (default {ZOMBIE_INTERVAL:g}; 0 = never)")
@@ -119,6 +121,8 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error(f"--msg_timeout must be positive, not {args.msg_timeout}")
     if args.zombie_interval < 0:
         parser.error(f"--zombie_interval must be >= 0 minutes (0 = never), not {args.zombie_interval}")
+    if args.ping_interval is not None and not 1 <= args.ping_interval <= 3600:
+        parser.error(f"--ping_interval must be between 1 and 3600 seconds, not {args.ping_interval}")
     if args.pulse_interval is not None and not 1 <= args.pulse_interval <= 600:
         parser.error(f"--pulse_interval must be between 1 and 600 seconds, not {args.pulse_interval}")
     for side in ("node", "cluster"):
@@ -175,7 +179,8 @@ def build_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> S
         node_port=base + 1, client_port=base, nodes=[parse_node(n, parser) for n in args.node],
         hosts=list(args.host), ipv4_udp_multicast=args.ipv4_udp_multicast,
         multicast_groups={"ipv4_group": public.IPv4MulticastGroup, "ipv6_group": public.IPv6MulticastGroup},
-        pulse_interval=args.pulse_interval, max_payload=max_payload, cleanup_nodes=args.cleanup_nodes)
+        pulse_interval=args.pulse_interval, max_payload=max_payload, cleanup_nodes=args.cleanup_nodes,
+        ping_interval=args.ping_interval)
     prefix = Path(args.dest_path_prefix).resolve() if args.dest_path_prefix else default_prefix()
     front = FrontOptions(hosts=list(args.host), port=base + 2 if base else 0,
                          secret=_secret(args.cluster_secret, "DISPY_CLUSTER_SECRET"),
@@ -194,6 +199,13 @@ def log_compatibility(args: argparse.Namespace) -> None:
     for name in NOT_IMPLEMENTED:
         if getattr(args, name) not in (None, False, []):
             log.warning("--%s is accepted but not implemented yet; ignored", name)
+    if args.ext_host:
+        log.info("--ext_host %s: not needed here; the scheduler opens every connection to its nodes (which answer "
+                 "pings where they came from) and clients connect to it: behind NAT, forward port %d and name the "
+                 "gateway in SharedJobCluster(scheduler_node=)", ",".join(args.ext_host), args.port + 2)
+    if args.ping_interval and args.node:
+        log.info("--ping_interval: the nodes are named (-n), so there is no discovery to repeat; a lost named node "
+                 "is contacted again by itself")
 
 
 async def run_scheduler(server: SchedulerServer, clean: bool = False) -> None:

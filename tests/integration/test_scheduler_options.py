@@ -5,8 +5,10 @@ set_node_cpus, --ext_host, --ping_interval."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 
 import dispy
 from dispy_core.testing.nodes import NodeProcess
-from dispy_core.testing.scheduler import SchedulerProcess, start_scheduler
+from dispy_core.testing.scheduler import SchedulerProcess, free_scheduler_base, start_scheduler
 
 NODE_SECRET, CLUSTER_SECRET = "node-secret-xyz", "cluster-secret-xyz"
 
@@ -114,8 +116,13 @@ def test_client_nodes_pick_among_the_schedulers_nodes(three_nodes: list[NodeProc
     wildcard = shared(scheduler, where, nodes=["nod?0"])  # a wildcard matching node0's name only
     everyone = shared(scheduler, where)
     try:
-        jobs = {c: [c.submit(i) for i in range(24)] for c in (picked, wildcard, everyone)}
-        ran = {c: {job()[1] for job in js if job is not None} for c, js in jobs.items()}  # type: ignore[index]
+        ran: dict[dispy.SharedJobCluster, set[str]] = {}
+        # picked and wildcard at once (their nodes apart), then everyone (else the policy may rightly give it
+        # none of node0, which wildcard's earlier jobs fill)
+        for group in ((picked, wildcard), (everyone,)):
+            jobs = {c: [c.submit(i) for i in range(24)] for c in group}
+            for c, js in jobs.items():
+                ran[c] = {job()[1] for job in js if job is not None}  # type: ignore[index]
         assert ran[picked] == {"node1", "node2"}
         assert ran[wildcard] == {"node0"}
         assert ran[everyone] == {"node0", "node1", "node2"}
@@ -168,7 +175,8 @@ def test_cooperative_scheduler_lets_a_client_change_a_nodes_cpus_for_everyone(
     first = shared(scheduler, span)
     second = None
     try:
-        assert first.submit(0.01)() is not None  # type: ignore[union-attr]  # set up on the node
+        job = first.submit(0.01)
+        assert job is not None and job() is not None  # set up on the node
         assert first.set_node_cpus("no-such-node", 1) == -1
         assert first.set_node_cpus("node0", -2) == -1  # leaves none
         assert first.set_node_cpus("node0", 1) == 1
@@ -194,10 +202,50 @@ def test_set_node_cpus_without_cooperative_is_refused_with_the_reason(
     scheduler = scheduler_factory([node])
     cluster = shared(scheduler, span)
     try:
-        assert cluster.submit(0.01)() is not None  # type: ignore[union-attr]
+        job = cluster.submit(0.01)
+        assert job is not None and job() is not None
         with caplog.at_level("WARNING", logger="dispy"):
             assert cluster.set_node_cpus("node0", 1) == -1
         assert "not started with --cooperative" in caplog.text
         assert "refused" in scheduler.wait_log("not started with --cooperative")
     finally:
         assert cluster.close(timeout=30)
+
+
+# --------------------------------------------------------------------------- --ping_interval, --ext_host
+@pytest.mark.parametrize(("interval", "expected"), [("1", range(2, 6)), (None, range(0, 1))])
+def test_ping_interval_pings_for_nodes_while_a_computation_is_open(
+        scheduler_factory: Callable[..., SchedulerProcess], interval: str | None, expected: range) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(50):  # the nodes' UDP port (base + 1), where no node answers: only the pings are counted
+        base = free_scheduler_base()
+        try:
+            listener.bind(("127.0.0.1", base + 1))
+            break
+        except OSError:
+            continue
+    listener.settimeout(0.2)
+    try:
+        options = ["--ping_interval", interval] if interval else []
+        scheduler = scheduler_factory([], *options, "--ext_host", "gateway.example", base_port=base)
+        assert "--ext_host gateway.example: not needed here" in scheduler.log()
+        cluster = shared(scheduler, where)  # no node answers: set up with none, its jobs would wait
+        try:
+            scheduler.wait_log("no node ready yet")
+            while True:  # what the first search sent
+                try:
+                    listener.recv(4096)
+                except TimeoutError:
+                    break
+            pings, deadline = 0, time.monotonic() + 3.5
+            while time.monotonic() < deadline:
+                try:
+                    listener.recv(4096)
+                    pings += 1
+                except TimeoutError:
+                    pass
+            assert pings in expected, pings  # about one a second after the first search ended; else none
+        finally:
+            cluster.close(timeout=10)
+    finally:
+        listener.close()
