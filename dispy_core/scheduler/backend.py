@@ -341,10 +341,11 @@ class RelayDriver(ClientDriver):
         self.job_ended(notice.uid)
 
     def _ended_here(self, notice: ev.NotifyJob) -> m.JobResult:
-        """A job that ended at the scheduler (cancelled while queued, abandoned): a result saying so. The client
-        reads every status but Finished and Cancelled as Terminated; the reason says what it was."""
+        """A job that ended at the scheduler (cancelled while queued, abandoned): a result saying so, with the
+        same status (the client reads Abandoned from its "node" as given up there); the reason says why."""
         status = JobStatus(notice.status)
-        wire = status if status in (JobStatus.Cancelled, JobStatus.Terminated) else JobStatus.Terminated
+        wire = status if status in (JobStatus.Cancelled, JobStatus.Terminated, JobStatus.Abandoned) \
+            else JobStatus.Terminated
         now = time.time()
         reason = notice.reason or status.name
         text = reason if status == wire else f"{status.name} at dispyscheduler: {reason}"

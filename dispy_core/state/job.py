@@ -35,6 +35,7 @@ class JobEvent(Enum):
     NODE_LOST_ABANDON = "node_lost_abandon"
     SEND_FAILED = "send_failed"          # the job could not be delivered to the node
     NO_NODE = "no_node"                  # no node can ever take it (every node failed for good, or none came)
+    GIVEN_UP = "given_up"                # its "node" gave it up and says so (dispyscheduler: node lost there)
 
 
 _S = JobStatus
@@ -66,6 +67,9 @@ TRANSITIONS: dict[tuple[JobStatus, JobEvent], JobStatus] = {
     (_S.ProvisionalResult, _E.CANCELLED): _S.Cancelled,
     (_S.ProvisionalResult, _E.NODE_LOST_RESUBMIT): _S.Created,
     (_S.ProvisionalResult, _E.NODE_LOST_ABANDON): _S.Abandoned,
+    (_S.Created, _E.GIVEN_UP): _S.Abandoned,
+    (_S.Running, _E.GIVEN_UP): _S.Abandoned,
+    (_S.ProvisionalResult, _E.GIVEN_UP): _S.Abandoned,
 }
 
 
@@ -86,9 +90,12 @@ def next_status(status: int, event: JobEvent) -> JobStatus:
 
 
 def result_event(status: int) -> JobEvent:
-    """The event a node's result status stands for (Finished, Terminated or Cancelled)."""
+    """The event a node's result status stands for (Finished, Terminated, Cancelled; Abandoned from a
+    scheduler that gave the job up)."""
     if status == JobStatus.Finished:
         return JobEvent.FINISHED
     if status == JobStatus.Cancelled:
         return JobEvent.CANCELLED
+    if status == JobStatus.Abandoned:
+        return JobEvent.GIVEN_UP
     return JobEvent.FAILED

@@ -187,9 +187,9 @@ def test_result_ends_the_job_and_sends_the_next() -> None:
     assert state.jobs[3].waiting  # job 2 still holds the CPU as far as the state knows
 
 
-# a node reports Finished, Terminated or Cancelled; anything else counts as the job failing there
+# a node reports Finished, Terminated or Cancelled (a scheduler, Abandoned too); anything else: failed there
 @pytest.mark.parametrize(("status", "final"), [(Finished, Finished), (Terminated, Terminated),
-                                               (Cancelled, Cancelled), (Abandoned, Terminated),
+                                               (Cancelled, Cancelled), (Abandoned, Abandoned),
                                                (Running, Terminated), (12345, Terminated)])
 def test_result_status_is_final(status: int, final: JobStatus) -> None:
     state = one_cpu_node_with_jobs(2)

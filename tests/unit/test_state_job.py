@@ -54,6 +54,6 @@ def test_any_event_sequence_keeps_the_job_consistent(events: list[JobEvent]) -> 
 @pytest.mark.parametrize(("status", "event"), [(JobStatus.Finished, JobEvent.FINISHED),
                                                (JobStatus.Cancelled, JobEvent.CANCELLED),
                                                (JobStatus.Terminated, JobEvent.FAILED),
-                                               (JobStatus.Abandoned, JobEvent.FAILED)])
+                                               (JobStatus.Abandoned, JobEvent.GIVEN_UP)])
 def test_result_event(status: JobStatus, event: JobEvent) -> None:
     assert result_event(status) == event

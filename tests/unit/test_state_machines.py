@@ -337,8 +337,7 @@ class ClusterMachine(RuleBasedStateMachine):
         out = self.apply(ev.ResultArrived(uid, node_id, status, data.draw(st.floats(-1, 5)), self.time(), uid))
         final = out[0]
         assert isinstance(final, ev.NotifyJob) and final.uid == uid and final.outcome == uid, out
-        assert final.status == (status if status in FINAL_JOB_STATES - {JobStatus.Abandoned}
-                                else JobStatus.Terminated), out
+        assert final.status == (status if status in FINAL_JOB_STATES else JobStatus.Terminated), out
 
     def provisional(self, uid: int, node_id: str, data: st.DataObject) -> None:
         running = self.state.jobs[uid].status == JobStatus.Running
