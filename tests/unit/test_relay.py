@@ -87,6 +87,7 @@ def test_the_relays_own_pings_answer_nobody_but_the_schedulers() -> None:
 
 
 def test_relayed_reply_answers_the_clients_nonce_and_puts_the_reachable_address_first() -> None:
+    # safe: addresses inside a datagram built in memory; nothing is sent to them
     reply = Datagram("reply", name="n1", addrs=(("192.168.9.9", 9701), ("10.2.0.11", 9701)), cpus=2,
                      reply_to="relay-nonce")
     out = relayed(reply, "client-nonce", first="10.2.0.11")
