@@ -396,3 +396,85 @@ class JobFile(Message):
     job_uid: int
     relpath: str
     data: bytes
+
+
+# --------------------------------------------------------------------------- admin (50-59)
+# dispyadmin's operations. They travel only on a connection whose Hello announced the role "admin" and
+# that proved the node's --admin_secret (never its client secret): see dispy_core/node/admin.py. No field
+# is a blob, so nothing in them is ever loaded by a serializer.
+@message(50)
+@dataclass(frozen=True, slots=True)
+class AdminInfoRequest(Message):
+    """What the node is doing; answered with AdminInfo."""
+
+    req_id: int = 0
+
+
+@message(51)
+@dataclass(frozen=True, slots=True)
+class AdminInfo(Message):
+    """The answer to every admin operation: the node as it is after the operation."""
+
+    req_id: int
+    name: str
+    ip_addr: str
+    port: int
+    cpus: int
+    """CPUs served now."""
+    max_cpus: int
+    """CPUs of the machine (``cpus`` may be set from 1 to this)."""
+    busy: int
+    jobs_done: int
+    accepting: bool
+    not_accepting: str = ""
+    """Why no new job is accepted (service window, operator, shutting down); empty when accepting."""
+    service_start: str = ""
+    """The daily service window as HH:MM (empty: not set)."""
+    service_stop: str = ""
+    service_end: str = ""
+    service_state: str = ""
+    serve: int = 0
+    """Computations the node serves before it quits (0: no limit); ``served`` so far."""
+    served: int = 0
+    clients: list[str] = field(default_factory=list)
+    """One line per computation: its name and its client's address."""
+    software: str = ""
+
+
+@message(52)
+@dataclass(frozen=True, slots=True)
+class AdminSetCpus(Message):
+    """Serve ``cpus`` CPUs (0 = all, negative = all but that many), as dispynode's ``--cpus``."""
+
+    req_id: int
+    cpus: int
+
+
+@message(53)
+@dataclass(frozen=True, slots=True)
+class AdminSetService(Message):
+    """Set the daily service window (HH:MM each, as ``--service_start/--service_stop/--service_end``; empty:
+    not set; all three empty: always in service)."""
+
+    req_id: int
+    start: str = ""
+    stop: str = ""
+    end: str = ""
+
+
+@message(54)
+@dataclass(frozen=True, slots=True)
+class AdminServe(Message):
+    """Serve ``computations`` more computations from now, then quit (0: no limit), as ``--serve``."""
+
+    req_id: int
+    computations: int
+
+
+@message(55)
+@dataclass(frozen=True, slots=True)
+class AdminShutdown(Message):
+    """Stop the node: after its running jobs (``wait``), as the console's ``quit``; else now, as ``exit``."""
+
+    req_id: int
+    wait: bool = True
