@@ -74,6 +74,8 @@ PINNED = {
     30: "JobSubmit", 31: "JobStarted", 32: "JobResult", 33: "JobProvisional", 34: "JobCancel",
     35: "JobRefused", 36: "ResultsAck", 37: "JobsRecover", 38: "JobsRecovered", 39: "JobLost", 8: "Fragment",
     40: "FileChunk", 41: "FileAck", 42: "JobFile",
+    50: "AdminInfoRequest", 51: "AdminInfo", 52: "AdminSetCpus", 53: "AdminSetService", 54: "AdminServe",
+    55: "AdminShutdown",
 }  # fmt: skip
 
 
