@@ -27,6 +27,7 @@ from dispy_core.channel import Channel, _fmt
 from dispy_core.config import Config
 from dispy_core.errors import ConfigError, DispyError, ProtocolError
 from dispy_core.interfaces import ByteStream, JobExecutor, Listener
+from dispy_core.node.admin import NodeAdmin
 from dispy_core.node.computations import ComputationHost, HostedComputation
 from dispy_core.node.jobs import JobRunner
 from dispy_core.node.kept import KEPT_LIMIT, DiskBudget
@@ -179,6 +180,7 @@ class NodeServer:
         self.jobs = JobRunner(self)
         self.comps = ComputationHost(self)
         self.recovery = Recovery(self)
+        self.admin = NodeAdmin(self)  # dispyadmin's connections (--admin_secret)
 
     @property
     def cpus(self) -> int:
@@ -458,8 +460,11 @@ class NodeServer:
             return
         self._unauthenticated += 1
         try:
+            replayed = await self.admin.intercept(stream, min(self.options.msg_timeout, HANDSHAKE_DEADLINE))
+            if replayed is None:  # dispyadmin's connection, served to its end by NodeAdmin
+                return
             channel = await Channel.accept(
-                stream, secret=self.options.secret, serializers={self.serializer.name: self.serializer},
+                replayed, secret=self.options.secret, serializers={self.serializer.name: self.serializer},
                 serializer=self.serializer.name, timeout=min(self.options.msg_timeout, HANDSHAKE_DEADLINE),
                 name=self.name, software=f"neodispy {__version__}")
         except (ProtocolError, DispyError, OSError) as exc:
