@@ -14,7 +14,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+import weakref
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 from dispy_core.client.allocation import NodeEntry, parse_nodes
@@ -24,6 +25,7 @@ from dispy_core.client.driver import ClientDriver
 from dispy_core.client.files import send_file_depend
 from dispy_core.client.job import DispyJob
 from dispy_core.client.nodes import DispyNode
+from dispy_core.client.progress import JobCounts, format_seconds
 from dispy_core.client.recovery import RecoverLog
 from dispy_core.client.runtime import CallbackThread, LoopThread
 from dispy_core.config import load_config
@@ -166,6 +168,10 @@ class JobCluster:
         self._all_done = threading.Condition(self._lock)
         self._unfinished = 0
         self._jobs: dict[int, DispyJob] = {}
+        self._held: weakref.WeakSet[DispyJob] = weakref.WeakSet()
+        """Every job submitted that the program still holds: what ``as_completed()`` waits for by default."""
+        self._self_ref = weakref.ref(self)
+        self._counts = JobCounts()
         self._uids = itertools.count(1)
         self._closed = False
         self._start_time = time.time()
@@ -209,6 +215,7 @@ class JobCluster:
                 return None
         uid = next(self._uids)
         job = DispyJob(uid, args, kwargs)
+        job._cluster = self._self_ref
         if job_id is not None:
             job.id = job_id
         try:
@@ -224,17 +231,27 @@ class JobCluster:
                 f"both sides")
             log.warning("job %s not submitted: %s", uid, job.exception)
             job._finish()
+            self._held.add(job)
             return job
         job._pinned = pinned
         job.submit_time = time.time()
+        self._held.add(job)
         with self._lock:
             self._unfinished += 1
             self._jobs[uid] = job
+            self._counts.submitted(job.submit_time)
         self._loop.call(self._driver.submit, job)
         return job
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted job is done; False if ``timeout`` passed first."""
+    def wait(self, timeout: float | None = None, progress: bool = False) -> bool:
+        """Wait until every submitted job is done; False if ``timeout`` passed first.
+
+        ``progress`` (an extension): show a live bar of the jobs (done, failed, running, rate, ETA) on
+        stderr while waiting, when stderr is a terminal (nothing otherwise)."""
+        if progress:
+            from dispy_core.client.progress import wait_with_progress
+
+            return wait_with_progress(self, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._all_done:
             while self._unfinished > 0:
@@ -244,11 +261,34 @@ class JobCluster:
                 self._all_done.wait(remaining if remaining is not None else 1.0)
         return True
 
+    def as_completed(self, jobs: Iterable[DispyJob] | None = None,
+                     timeout: float | None = None) -> Iterator[DispyJob]:
+        """Yield jobs as they reach their final status (whatever it is; those already done first), as
+        ``concurrent.futures.as_completed`` does for futures: ``jobs`` None means every job submitted so far
+        that the program still holds. TimeoutError if some are not done ``timeout`` seconds after the first
+        ``next()``."""
+        if jobs is None:
+            chosen = sorted(self._held)
+        else:
+            chosen = list(jobs)
+            for index, job in enumerate(chosen):
+                if not isinstance(job, DispyJob):
+                    raise TypeError(f"as_completed: jobs[{index}] is {job!r}, not a DispyJob (a submit that "
+                                    f"returned None?)")
+        by_future: dict[concurrent.futures.Future[Any], DispyJob] = {job.future: job for job in chosen}
+        for future in concurrent.futures.as_completed(by_future, timeout):
+            yield by_future[future]
+
     def cancel(self, job: DispyJob) -> int:
         """Remove a queued job or interrupt a running one: 0 if done so, -1 if the job is not active."""
         if job.status in FINAL_JOB_STATES or job._uid not in self._jobs:
             return -1
         return self._run(self._driver.cancel(job._uid), self.config.msg_timeout, default=-1)
+
+    def _cancel_soon(self, job: DispyJob) -> None:
+        """Cancel ``job`` without waiting (its future's ``cancel()``, which may run on any thread)."""
+        if self._loop_alive() and job._uid in self._jobs:
+            self._loop.submit(self._driver.cancel(job._uid))
 
     def close(self, timeout: float | None = None, terminate: bool = False) -> bool:
         """Wait for jobs (up to ``timeout``), cancel the rest if ``terminate``, then release the nodes.
@@ -366,15 +406,21 @@ class JobCluster:
         for node in records:
             per_job = node.cpu_time / node.jobs_done if node.jobs_done else 0.0
             label = f"{node.ip_addr}" + (f" ({node.name})" if node.name else "")
-            lines.append(f"{label[:24]:>24} | {node.cpus:>4} | {node.jobs_done:>5} | {per_job:>8.3f} | "
-                         f"{node.cpu_time:>13.3f} | {_human(node.tx):>9} | {_human(node.rx):>9}")
+            lines.append(f"{label[:24]:>24} | {node.cpus:>4} | {node.jobs_done:>5} | {format_seconds(per_job, 8)} | "
+                         f"{format_seconds(node.cpu_time, 13)} | {_human(node.tx):>9} | {_human(node.rx):>9}")
             total_time += node.cpu_time
             total_jobs += node.jobs_done
         wall = time.time() - self._start_time
         speedup = total_time / wall if wall > 0 else 0.0
+        with self._lock:
+            rate = self._counts.rate()
         lines.append("")
-        lines.append(f"Total job time: {total_time:.3f} sec, wall time: {wall:.3f} sec, speedup: {speedup:.3f}")
-        lines.append(f"Jobs done: {total_jobs}")
+        job_time = format_seconds(total_time) + ("" if 0 < total_time < 1 else " sec")
+        lines.append(f"Total job time: {job_time}, wall time: {wall:.3f} sec, "
+                     f"speedup: {speedup:.3f}")
+        per_job_total = format_seconds(total_time / total_jobs) if total_jobs else "-"
+        lines.append(f"Jobs done: {total_jobs}, {per_job_total} per job on a node, {rate:.1f} jobs/s "
+                     f"(from the first submit to the last job done)")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ crossing into the loop thread
@@ -528,6 +574,7 @@ class JobCluster:
         with self._all_done:
             if self._jobs.pop(job._uid, None) is not None:
                 self._unfinished -= 1
+                self._counts.finished(job.status == JobStatus.Finished and not job.exception, job.end_time)
             if self._unfinished == 0:
                 self._all_done.notify_all()
 

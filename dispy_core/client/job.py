@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from typing import Any
+import weakref
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
+from dispy_core.client import futures
 from dispy_core.status import FINAL_JOB_STATES, JobStatus
+
+if TYPE_CHECKING:
+    from dispy_core.client.cluster import JobCluster
 
 
 class DispyJob:
@@ -38,6 +45,10 @@ class DispyJob:
         self._files: list[tuple[str, str]] = []
         self._node_key: str | None = None
         self._pinned: str | None = None
+        self._cluster: weakref.ref[JobCluster] | None = None
+        self._exc_object: BaseException | None = None
+        """The exception the computation raised, when the node could send it and it loads here."""
+        self._future: futures.JobFuture | None = None
 
     @property
     def host(self) -> str | None:
@@ -58,9 +69,26 @@ class DispyJob:
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
+    @property
+    def future(self) -> futures.JobFuture:
+        """A ``concurrent.futures.Future`` of the job (see ``dispy_core.client.futures`` for its outcomes):
+        for ``concurrent.futures.wait`` / ``as_completed``, callbacks, or mixing with other executors.
+        Its callbacks run on the cluster's network thread: keep them short."""
+        return futures.future_of(self)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await job`` in any running asyncio loop: the result, or the job's exception (as ``future``)."""
+        loop = asyncio.get_running_loop()
+        cluster = self._cluster() if self._cluster is not None else None
+        if cluster is not None and cluster._loop.loop is loop:
+            raise RuntimeError("a job cannot be awaited on its cluster's own loop (a hook or callback): "
+                               "await it from the program's loop")
+        return asyncio.wrap_future(self.future, loop=loop).__await__()
+
     def _finish(self) -> None:
         self._payload = b""
         self._done.set()
+        futures.resolve(self)
 
     def __lt__(self, other: DispyJob) -> bool:
         return self._uid < other._uid
