@@ -280,6 +280,10 @@ class JobResult(Message):
     exception: str = ""
     start_time: float = 0.0
     end_time: float = 0.0
+    exception_object: str = ""
+    """The exception the job raised, serialized by the computation's serializer, in base64 (empty if it could
+    not be): a JSON field, not a blob, so that older peers, which ignore JSON keys they do not know, still
+    decode the message. A client loads it (as it loads ``result``) for ``job.future`` to raise."""
 
 
 @message(33)
