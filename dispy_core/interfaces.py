@@ -140,6 +140,8 @@ class JobOutcome:
     lost: bool = False
     """The job's process went down with the computation's host: it did not end by itself (``exception`` says
     why). The client then treats the job as lost with a node, not as failed."""
+    exception_object: bytes = b""
+    """The exception the job raised, serialized (b"" if it could not be): ``job.future`` raises it."""
 
 
 class ExecutorEvents(Protocol):

@@ -7,6 +7,7 @@ and back as opaque bytes. This module holds them while ``NodeState`` decides whe
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -78,7 +79,8 @@ class JobRunner:
                 elif comp is not None and outcome is not None:
                     self.server.recovery.result_ready(comp, self._within_payload(m.JobResult(
                         instruction.comp_id, instruction.uid, int(outcome.status), outcome.result, outcome.stdout,
-                        outcome.stderr, outcome.exception, outcome.start_time, outcome.end_time)))
+                        outcome.stderr, outcome.exception, outcome.start_time, outcome.end_time,
+                        base64.b64encode(outcome.exception_object).decode() if outcome.exception_object else "")))
             elif isinstance(instruction, ev.RefuseJob):
                 self._refuse(comp, instruction)
             elif isinstance(instruction, ev.KillJob):
@@ -93,7 +95,8 @@ class JobRunner:
 
     def _within_payload(self, result: m.JobResult) -> m.JobResult:
         """A result above max_payload cannot travel: the job ends Terminated saying so (and its output's end)."""
-        size = len(result.result) + len(result.stdout) + len(result.stderr) + len(result.exception)
+        size = (len(result.result) + len(result.stdout) + len(result.stderr) + len(result.exception)
+                + len(result.exception_object))
         if size <= self.server.max_payload - PAYLOAD_MARGIN:
             return result
         reason = (f"the job's result and output are {size} bytes, above max_payload ({self.server.max_payload} "

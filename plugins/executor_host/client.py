@@ -125,7 +125,8 @@ class _HostLink(asyncio.SubprocessProtocol):
                 raise ValueError(f"unknown job status {status}")
             outcome = JobOutcome(status=status, result=blobs[0], stdout=blobs[1], stderr=blobs[2],
                                  exception=_str(header["exc"]), start_time=_float(header["t0"]),
-                                 end_time=_float(header["t1"]))
+                                 end_time=_float(header["t1"]),
+                                 exception_object=bytes(blobs[3]) if len(blobs) > 3 else b"")
             started = header.get("started")
             if started is not None:
                 started = _float(started)

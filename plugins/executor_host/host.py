@@ -876,8 +876,9 @@ class Host:
         started = self.deferred.pop(proc.uid, None)
         if started is not None:  # the node learns both from this one frame
             done["pid"], done["started"] = started["pid"], started["t"]
+        exc_object = list(blobs[3:4]) if len(blobs) > 3 and blobs[3] else []  # the job's exception, serialized
         blobs = (list(blobs) + [b"", b"", b""])[:3]
-        self.send(done, [blobs[0], proc.outbuf.take(blobs[1]), proc.errbuf.take(blobs[2])])
+        self.send(done, [blobs[0], proc.outbuf.take(blobs[1]), proc.errbuf.take(blobs[2]), *exc_object])
         self._maybe_finish_close()
 
     def _death(self, status: int) -> str:

@@ -181,7 +181,7 @@ def run_job(kind: str, fn: Any, program: str, args_blob: bytes, channel: JobChan
             blobs = [_none(channel), b"", b""]
     finally:
         out, err = _end_job(capture, channel)
-    blobs = [blobs[0], blobs[1] + out, blobs[2] + err]
+    blobs = [blobs[0], blobs[1] + out, blobs[2] + err, *blobs[3:4]]  # the exception object, if any
     header["op"] = "result"
     header["t0"] = start
     header["t1"] = time.time()
@@ -271,7 +271,7 @@ def _none(channel: JobChannel) -> bytes:
 def _run_function(fn: Any, args_blob: bytes, channel: JobChannel,
                   ns: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[bytes]]:
     """Call the computation; its output is the caller's (``run_job`` captures it around this)."""
-    ok, interrupted, exc_text, result_blob = True, False, "", b""
+    ok, interrupted, exc_text, result_blob, exc_blob = True, False, "", b"", b""
     own: Any = None
     try:
         try:
@@ -284,6 +284,7 @@ def _run_function(fn: Any, args_blob: bytes, channel: JobChannel,
             ok, interrupted, exc_text = False, True, format_exception(exc)
         except BaseException as exc:
             ok, exc_text = False, format_exception(exc) + rlimits.explain_exception(exc, channel.limits)
+            exc_blob = exception_blob(exc, channel)
         else:
             try:
                 result_blob = channel.serializer.dumps(result)
@@ -296,7 +297,22 @@ def _run_function(fn: Any, args_blob: bytes, channel: JobChannel,
             own.remove()
     if not ok:
         result_blob = _none(channel)
-    return {"ok": ok, "interrupted": interrupted, "exc": exc_text}, [result_blob, b"", b""]
+    blobs = [result_blob, b"", b"", exc_blob] if exc_blob else [result_blob, b"", b""]
+    return {"ok": ok, "interrupted": interrupted, "exc": exc_text}, blobs
+
+
+EXCEPTION_OBJECT_MAX = 65536
+"""Bytes a job's serialized exception may have to travel (its traceback text always does)."""
+
+
+def exception_blob(exc: BaseException, channel: JobChannel) -> bytes:
+    """The job's exception serialized, so the client's ``job.future`` can raise the original (b"" if it
+    cannot be serialized or is too large: the client then raises a generic error with the text)."""
+    try:
+        blob = bytes(channel.serializer.dumps(exc))
+    except Exception:
+        return b""
+    return blob if len(blob) <= EXCEPTION_OBJECT_MAX else b""
 
 
 def _install_own(loaded: tuple[Any, ...], channel: JobChannel, ns: dict[str, Any] | None) -> tuple[Any, Any]:
