@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from dispy_core.channel import Channel
 from dispy_core.client.connections import NodeConn, NodeLife
 from dispy_core.client.files import save_job_file
+from dispy_core.client.futures import load_exception
 from dispy_core.client.job import DispyJob
 from dispy_core.client.nodes import DispyNode, DispyNodeAvailInfo
 from dispy_core.errors import DispyError
@@ -285,6 +286,8 @@ class ClientDriver:
             job.stderr = msg.stderr.decode("utf-8", "replace")
         if msg.exception:
             job.exception = msg.exception
+        if msg.exception_object:  # for job.future to raise the original (None if its class is not here)
+            job._exc_object = load_exception(msg.exception_object, lambda data: self._loads(conn, data))
         now = time.time()
         job.start_time = msg.start_time or job.start_time
         job.end_time = msg.end_time or now
