@@ -33,7 +33,9 @@ class Computation:
     functions/classes/instances jobs see as globals; ``setup``/``cleanup`` serialized callables (or
     empty); ``setup_args`` setup's serialized arguments (they may differ per node). ``options`` are the
     client's requests, unchecked: ``source_complete`` (the source alone rebuilds the function, given
-    ``source_modules``: alias -> module name), ``jobs_per_process``, ``pulse_interval``.
+    ``source_modules``: alias -> module name), ``source_file``/``source_line`` (where the source is in
+    the client's files: nodes compile it under that name and line, for tracebacks), ``jobs_per_process``,
+    ``pulse_interval``.
     """
 
     comp_id: str

@@ -70,12 +70,25 @@ def file_depend(path: str) -> FileDepend:
 
 def function_source(fn: Any) -> str:
     """The function's source, dedented, or '' when there is none (lambdas in expressions, REPL code)."""
+    return function_source_at(fn)[0]
+
+
+def function_source_at(fn: Any) -> tuple[str, str, int]:
+    """``(source, file, first line)`` of the function: its source dedented, the absolute path of the file
+    it is in (for a function of ``__main__``, the program's script) and the line its source starts at
+    (its first decorator's). Nodes compile the source under that name and line and show it in
+    tracebacks, so a failing job's frames point into the program's own file. ``("", "", 0)`` when
+    there is no source (lambdas in expressions, REPL code)."""
     if getattr(fn, "__name__", "") == "<lambda>":
-        return ""
+        return "", "", 0
     try:
-        return textwrap.dedent(inspect.getsource(fn))
+        lines, first = inspect.getsourcelines(fn)
     except (OSError, TypeError):
-        return ""
+        return "", "", 0
+    filename = fn.__code__.co_filename
+    if not (filename.startswith("<") and filename.endswith(">")):
+        filename = os.path.abspath(filename)
+    return textwrap.dedent("".join(lines)), filename, max(first, 1)
 
 
 def _code_names(code: types.CodeType) -> set[str]:
@@ -220,12 +233,15 @@ def package(computation: Any, depends: list[Any], setup: Any, cleanup: Any, seri
             fields["program"] = dep.relpath
             files.append(dep)
     elif callable(computation) and inspect.isfunction(computation):
-        source = function_source(computation)
+        source, source_file, source_line = function_source_at(computation)
         fields = {"kind": "function", "name": computation.__name__, "code": serializer.dumps_code(computation),
                   "source": source, "code_name": computation.__name__}
+        options: dict[str, Any] = {"source_file": source_file, "source_line": source_line} if source else {}
         modules = portable_source(computation, source)
         if modules is not None:
-            fields["options"] = {"source_complete": True, **({"source_modules": modules} if modules else {})}
+            options.update({"source_complete": True, **({"source_modules": modules} if modules else {})})
+        if options:
+            fields["options"] = options
     elif callable(computation):
         fields = {"kind": "function", "name": getattr(computation, "__name__", type(computation).__name__),
                   "code": serializer.dumps_code(computation)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import io
 import os
 import sys
 import time
@@ -172,7 +173,9 @@ def load_computation(comp: Computation, serializer: Any, ns: dict[str, Any]) -> 
             for alias, module_name in modules.items():
                 if isinstance(alias, str) and isinstance(module_name, str):
                     ns[alias] = importlib.import_module(module_name)
-        exec(compile(comp.source, f"<computation {comp.name}>", "exec"), ns)  # noqa: S102 - user code, by design
+        filename, first_line = source_origin(comp)
+        code = compile("\n" * (first_line - 1) + comp.source, filename, "exec")  # lines as in the client's file
+        exec(code, ns)  # noqa: S102 - user code, by design
         fn = ns.get(comp.code_name)
         if fn is None:
             raise LookupError(f"the source of computation {comp.name!r} does not define {comp.code_name!r}")
@@ -185,11 +188,50 @@ def load_computation(comp: Computation, serializer: Any, ns: dict[str, Any]) -> 
             f"its source travels too, or run the node with Python {client}")
     else:
         raise ValueError(f"computation {comp.name!r} has neither code nor source")
+    register_source(comp)
     fn = rebind(fn, ns)
     if callable(fn) and getattr(fn, "__name__", None):
         ns.setdefault(fn.__name__, fn)
     rebind_namespace(ns)
     return fn
+
+
+MAX_SOURCE_LINE = 1_000_000
+"""A first line beyond this is not believed (the source then counts its lines from 1): the padding
+that places the source at its line costs memory per line."""
+
+
+def source_origin(comp: Computation) -> tuple[str, int]:
+    """The file name and first line the client gave the computation's source (``options``: ``source_file``,
+    ``source_line``); else a name of its own, from line 1."""
+    filename, first_line = comp.options.get("source_file"), comp.options.get("source_line")
+    if (isinstance(filename, str) and filename and "\0" not in filename and type(first_line) is int
+            and 1 <= first_line <= MAX_SOURCE_LINE):
+        return filename, first_line
+    return f"<computation {comp.name}>", 1
+
+
+def register_source(comp: Computation) -> None:
+    """Let tracebacks show the computation's source lines though its file is not on this node: its lines
+    go into :mod:`linecache` under the client's file name, placed at their lines in that file.
+
+    When the file here holds that source at that line (on the client's own machine), the file as it is
+    now goes in instead: it also shows the helpers the computation calls, even if the file is later
+    removed or changed while jobs run.
+    """
+    if not comp.source:
+        return
+    import linecache
+
+    filename, first_line = source_origin(comp)
+    lines = io.StringIO(comp.source, newline=None).readlines()  # split where the compiler counts lines
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    on_disk = linecache.getlines(filename) if not filename.startswith("<") else []
+    shown = [line.strip() for line in on_disk[first_line - 1:first_line - 1 + len(lines)]]
+    padded = on_disk if shown == [line.strip() for line in lines] else ["\n"] * (first_line - 1) + lines
+    # mtime None: linecache.checkcache leaves the entry alone (as for sources that came from a loader)
+    linecache.cache[filename] = (sum(map(len, padded)), None, padded, filename)
 
 
 def build_serializer(name: str, config: Any = None) -> Any:

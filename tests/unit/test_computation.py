@@ -90,7 +90,8 @@ def test_packaging_a_function_makes_its_record(tmp_path: Path, monkeypatch: pyte
     assert (comp.kind, comp.name, comp.code_name, comp.comp_id) == ("function", "area", "area", "")
     assert comp.code and "def area" in comp.source
     assert comp.py_version == list(sys.version_info[:2])
-    assert comp.options == {"source_complete": True, "source_modules": {"math": "math"}}
+    assert comp.options == {"source_complete": True, "source_modules": {"math": "math"},
+                            "source_file": str(tmp_path / "areamod.py"), "source_line": 4}
     assert pkg.source_complete and pkg.source_modules == {"math": "math"}
     assert (pkg.kind, pkg.name, pkg.files) == ("function", "area", [])
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -100,7 +101,8 @@ def test_packaging_a_function_makes_its_record(tmp_path: Path, monkeypatch: pyte
 def test_packaging_an_annotated_function_sends_its_code_first() -> None:
     pkg = package(double, [], None, None, PickleSerializer())
     assert pkg.computation.code and "def double" in pkg.computation.source
-    assert pkg.computation.options == {} and not pkg.source_complete
+    assert pkg.computation.options == {"source_file": __file__, "source_line": double.__code__.co_firstlineno}
+    assert not pkg.source_complete
 
 
 def test_packaging_a_program_makes_its_record(tmp_path: Path) -> None:
