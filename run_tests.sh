@@ -11,7 +11,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip install -q -e ".[test,docs]"   # docs: tests/integration/test_docs_build.py
 for plugin in contrib/*/; do
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$plugin"
 done
@@ -37,7 +37,7 @@ done
 export DISPY_TEST_OTHER_PYTHONS="$(IFS=,; echo "${others[*]:-}")"
 echo "other Pythons for cross-version tests: ${DISPY_TEST_OTHER_PYTHONS:-none}"
 
-"$VENV/bin/ruff" check dispy dispy_core plugins tests bench contrib
+"$VENV/bin/ruff" check dispy dispy_core plugins tests bench contrib examples scripts
 "$VENV/bin/mypy"
 "$VENV/bin/python" -m pytest "$@"
 
