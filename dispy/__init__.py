@@ -11,6 +11,7 @@ import logging as _logging
 from dispy import config
 from dispy_core import __version__
 from dispy_core.client.cluster import JobCluster
+from dispy_core.client.executor import DispyExecutor
 from dispy_core.client.job import DispyJob
 from dispy_core.client.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
 from dispy_core.client.recover_jobs import recover_jobs
@@ -24,4 +25,5 @@ for _level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
 MsgTimeout = config.MsgTimeout
 
 __all__ = ["JobCluster", "SharedJobCluster", "DispyJob", "DispyNode", "DispyNodeAvailInfo", "NodeAllocate", "config",
-           "recover_jobs", "logger", "__version__", "MsgTimeout"]
+           "recover_jobs", "logger", "__version__", "MsgTimeout",
+           "DispyExecutor"]
