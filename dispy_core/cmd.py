@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="give up (and cancel what is left) after this many seconds")
     parser.add_argument("--node_timeout", type=float, default=60.0,
                         help="fail if no node is usable within this many seconds (default 60)")
+    parser.add_argument("--no_progress", action="store_true",
+                        help="no live progress bar (it is drawn on stderr only when stderr is a terminal)")
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging")
     return parser
 
@@ -68,7 +70,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             cluster.close(timeout=0, terminate=True)
             return 3
         jobs = [cluster.submit(*args) for args in job_args]
-        finished = cluster.wait(opts.timeout)
+        finished = cluster.wait(opts.timeout, progress=not opts.no_progress)
         cluster.close(timeout=0, terminate=True)
     except KeyboardInterrupt:
         cluster.close(timeout=0, terminate=True)
