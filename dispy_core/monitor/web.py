@@ -204,7 +204,8 @@ class WebServer:
         path = url.path or "/"
         handler = self.routes.get((method, path))
         other = self.routes.get(("POST" if method == "GET" else "GET", path))
-        is_page = method == "GET" and handler is None and self._static is not None
+        # pages (and /session, which a script asks first) open a session; JSON answers never do
+        is_page = method == "GET" and ((handler is None and self._static is not None) or path == "/session")
         token = query.pop("token", [None])[0]
         auth = self.security.authenticate(headers, token, is_page)
         if not auth.allowed:
