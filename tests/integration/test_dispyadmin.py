@@ -8,11 +8,14 @@ import datetime
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +26,7 @@ from dispy_core.config import load_config
 from dispy_core.errors import AuthenticationError
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol import messages as m
+from dispy_core.testing.certs import make_self_signed
 from dispy_core.testing.nodes import NodeProcess
 
 Factory = Callable[..., NodeProcess]
@@ -121,18 +125,30 @@ def test_shutdown_stops_the_node(node_factory: Factory) -> None:
     assert "asked the node to stop after its running jobs" in node.log()
 
 
-def test_program_options_and_sigterm(node_factory: Factory) -> None:
+def test_discovery_finds_the_node(node_factory: Factory) -> None:
+    node = node_factory("--admin_secret", ADMIN, "--name", "discnode", secret=CLIENT)  # pings stay on loopback
+    proc = dispyadmin("-p", str(node.base_port), "--secret", CLIENT, "--info", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (info,) = states(proc)
+    assert (info["node"], info["name"]) == (f"127.0.0.1:{node.port}", "discnode")
+    assert "found node 127.0.0.1:" in proc.stderr
+
+
+def test_program_over_tls_with_a_token_and_sigterm(node_factory: Factory, tmp_path: Path) -> None:
     proc = dispyadmin("--set-cpus", "two")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "--set-cpus" in proc.stderr and "'two'" in proc.stderr
     proc = dispyadmin("-n", "127.0.0.1:1", "--info", secret=None)
     assert proc.returncode == 2 and "no admin secret" in proc.stderr
 
-    node = node_factory("--admin_secret", ADMIN)
+    cert, key = make_self_signed(tmp_path / "certs", common_name="admin-test")
+    node = node_factory("--admin_secret", ADMIN, "--certfile", str(cert), "--keyfile", str(key))
+    token = "page-token-5839"
     env = dict(os.environ, DISPY_ADMIN_SECRET=ADMIN)
     admin = subprocess.Popen([sys.executable, "-m", "dispy_core.admin.cli", "-n", f"127.0.0.1:{node.port}",
-                              "--http_port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=env)
+                              "--node_certfile", str(cert), "--node_keyfile", str(key), "--http_port", "0",
+                              "--certfile", str(cert), "--keyfile", str(key), "--token", token],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         assert admin.stdout is not None
         lines: list[str] = []
@@ -140,9 +156,17 @@ def test_program_options_and_sigterm(node_factory: Factory) -> None:
         while time.monotonic() < deadline and not any("dispyadmin ready" in line for line in lines):
             lines.append(admin.stdout.readline())
         url = next(line for line in lines if "dispyadmin ready" in line).split()[2]
-        with urllib.request.urlopen(f"{url}/nodes", timeout=20) as answer:
+        assert url.startswith("https://127.0.0.1:")
+        tls = ssl.create_default_context(cafile=str(cert))
+        tls.check_hostname = False
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no token, no page
+            urllib.request.urlopen(f"{url}/nodes", timeout=20, context=tls)
+        assert refused.value.code == 401
+        request = urllib.request.Request(f"{url}/nodes", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=20, context=tls) as answer:
             page = answer.read().decode()
-        assert json.loads(page)["nodes"][0]["cpus"] >= 1 and ADMIN not in page
+        (entry,) = json.loads(page)["nodes"]
+        assert entry["cpus"] >= 1 and "error" not in entry and ADMIN not in page  # reached the node over TLS
         admin.send_signal(signal.SIGTERM)
         assert admin.wait(20) == 0
         rest = "".join(lines) + admin.stdout.read()
