@@ -16,8 +16,9 @@ from dispy_core.client.job import DispyJob
 from dispy_core.client.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
 from dispy_core.client.recover_jobs import recover_jobs
 from dispy_core.client.shared import SharedJobCluster
+from dispy_core.logsetup import quiet_library_logger
 
-logger = _logging.getLogger("dispy")
+logger = quiet_library_logger()  # a NullHandler: the program decides where dispy's records go
 # The original's ``dispy.logger`` carried the level constants (``loglevel=dispy.logger.DEBUG``).
 for _level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
     setattr(logger, _level, getattr(_logging, _level))

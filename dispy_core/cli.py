@@ -7,6 +7,7 @@ import os
 import sys
 
 from dispy_core import __version__
+from dispy_core.cliparse import CommandParser, add_version
 from dispy_core.config import load_config
 from dispy_core.errors import DispyError
 from dispy_core.pluginmanager import ROLE_GROUPS, installed_plugins
@@ -45,8 +46,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dispy", description="dispy: run Python on many machines")
-    parser.add_argument("--version", action="version", version=f"dispy {__version__}")
+    parser = CommandParser(prog="dispy", description="dispy: run Python on many machines")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("plugins", help="list installed plugins per role and which are selected")
     demo = sub.add_parser("demo", help="start a local node and run a real computation on it")
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "plugins":
         return cmd_plugins(args)
+    executors = [plugin.name for plugin in installed_plugins("executor")]
+    if args.executor not in executors:
+        demo.error(f"--executor: no executor plugin named {args.executor!r} is installed; installed: "
+                   f"{', '.join(executors) or 'none'}")
     from dispy_core.demo import run_demo
 
     return run_demo(args.jobs, args.executor)

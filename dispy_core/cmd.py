@@ -18,11 +18,14 @@ from collections.abc import Sequence
 from typing import TextIO
 
 import dispy
+from dispy_core.cliparse import CommandParser, add_version
+from dispy_core.logsetup import configure_program
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="dispy_cmd", description="Run a program on dispy nodes, one job per -a argument string.")
+    add_version(parser)
     parser.add_argument("program", help="path of the program to run (sent to the nodes), or a command on them")
     parser.add_argument("-a", "--args", action="append", default=[], metavar="ARGS",
                         help='arguments of one job, split like a shell does (repeatable: one job each; '
@@ -55,6 +58,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             print(f"dispy_cmd: --depends {path!r} is not a readable file", file=sys.stderr)
             return 2
     job_args = [shlex.split(text) for text in opts.args] or [[]]
+    configure_program(debug=opts.debug, level=None if opts.debug else logging.WARNING)  # a program: its log
     try:
         cluster = dispy.JobCluster(opts.program, nodes=opts.nodes or None, depends=opts.depends,
                                    dispy_port=opts.dispy_port, secret=opts.secret, certfile=opts.certfile,

@@ -31,6 +31,7 @@ from dispy_core.client.runtime import CallbackThread, LoopThread
 from dispy_core.config import load_config
 from dispy_core.errors import DispyError, SerializationError
 from dispy_core.joblimits import check_job_limits
+from dispy_core.logsetup import show_library_records
 from dispy_core.malloc_tuning import tune_malloc
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol.session import MAX_PAYLOAD, secret_key
@@ -93,7 +94,7 @@ class JobCluster:
     def __init__(self, computation: Any, nodes: Any = None, depends: list[Any] | None = None,
                  job_status: Any = None, cluster_status: Any = None, host: Any = None, ext_host: Any = None,
                  dispy_port: int | None = None, ipv4_udp_multicast: bool = False, dest_path: str | None = None,
-                 loglevel: int = logging.INFO, setup: Any = None, cleanup: Any = True,
+                 loglevel: int | None = None, setup: Any = None, cleanup: Any = True,
                  ping_interval: float | None = None, pulse_interval: float | None = None,
                  reentrant: bool = False, secret: str = "", keyfile: str | None = None,
                  certfile: str | None = None, recover_file: str | None = None, **extra: Any) -> None:
@@ -103,9 +104,8 @@ class JobCluster:
         if unknown:
             raise TypeError(f"JobCluster got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         tune_malloc()
-        logging.getLogger("dispy").setLevel(loglevel)
-        if not logging.getLogger().handlers and not logging.getLogger("dispy").handlers:
-            logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        if loglevel is not None:  # the original's meaning: dispy's records from this level on are shown
+            show_library_records(loglevel)
         if keyfile and not certfile:
             raise ValueError("keyfile needs certfile")
         for name, path in (("certfile", certfile), ("keyfile", keyfile), ("cafile", extra.get("cafile"))):

@@ -48,7 +48,7 @@ class SharedJobCluster(JobCluster):
     def __init__(self, computation: Any, nodes: Any = None, depends: list[Any] | None = None,
                  job_status: Any = None, cluster_status: Any = None, host: Any = None, client_port: int = 0,
                  dispy_port: int | None = None, scheduler_node: str | None = None, ext_host: Any = None,
-                 loglevel: int = logging.INFO, setup: Any = None, cleanup: Any = True, dest_path: str | None = None,
+                 loglevel: int | None = None, setup: Any = None, cleanup: Any = True, dest_path: str | None = None,
                  reentrant: bool = False, poll_interval: float | None = None, exclusive: bool = False,
                  secret: str = "", keyfile: str | None = None, certfile: str | None = None,
                  recover_file: str | None = None, **extra: Any) -> None:

@@ -13,8 +13,10 @@ import socket
 import sys
 from typing import Any
 
+from dispy_core.cliparse import CommandParser, add_log_options, add_version
 from dispy_core.config import load_config
 from dispy_core.errors import DispyError
+from dispy_core.logsetup import configure_program
 from dispy_core.malloc_tuning import tune_malloc
 from dispy_core.node import nodeconfig
 from dispy_core.node.console import Console
@@ -32,7 +34,8 @@ NOT_IMPLEMENTED: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dispynode", description="Run dispy jobs on this machine.")
+    parser = CommandParser(prog="dispynode", description="Run dispy jobs on this machine.")
+    add_version(parser)
     parser.add_argument("-c", "--cpus", type=int, default=0,
                         help="CPUs to serve: 0 = all, negative = all but that many")
     parser.add_argument("-i", "--host", action="append", default=[],
@@ -79,10 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "computation's host process (whose globals its jobs see); close() after cleanup")
     parser.add_argument("--daemon", action="store_true", help="no interactive console")
     parser.add_argument("--config", default=None, metavar="FILE",
-                        help="read options from this JSON file (the command line overrides them)")
+                        help="read options from this TOML (or JSON) file of option names and values "
+                             "(the command line overrides them)")
     parser.add_argument("--save_config", default=None, metavar="FILE",
-                        help="write the options to this JSON file (without secrets) and exit")
+                        help="write the options to this file (TOML if it ends in .toml, else JSON; without "
+                             "secrets) and exit")
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging")
+    add_log_options(parser)
     parser.add_argument("--msg_timeout", type=float, default=10.0, help="socket timeout in seconds")
     parser.add_argument("--executor", default=None, help="executor plugin(s), comma separated (e.g. spawn)")
     return parser
@@ -218,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"dispynode: options saved to {args.save_config} (secrets are not saved)")
         return 0
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    configure_program(debug=args.debug, json_logs=args.log_json)
     log_compatibility(args)
     overrides: dict[str, Any] = dict(certfile=args.certfile, keyfile=args.keyfile, cafile=args.cafile,
                                         msg_timeout=args.msg_timeout, max_file_size=options.max_file_size)

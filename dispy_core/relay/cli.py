@@ -14,6 +14,8 @@ import signal
 import socket
 import sys
 
+from dispy_core.cliparse import CommandParser, add_log_options, add_version
+from dispy_core.logsetup import configure_program
 from dispy_core.relay.console import Console
 from dispy_core.relay.relay import NetRelay, RelayOptions, relay_interfaces
 from dispy_plugins.discovery_udp.datagram import discovery_key
@@ -26,7 +28,7 @@ log = logging.getLogger("dispy.relay")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="dispynetrelay",
         description="Pass dispy clients' discovery pings from other networks on to the nodes of this one, and "
                     "the nodes' answers and announcements back. Clients name this machine in 'nodes', beside a "
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "by broadcast (as the nodes do)")
     parser.add_argument("--daemon", action="store_true", help="no interactive console")
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging")
+    add_log_options(parser)
+    add_version(parser)
     return parser
 
 
@@ -151,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     options = options_from_args(args, parser)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    configure_program(debug=args.debug, json_logs=args.log_json)
     if args.certfile:
         log.info("--certfile is not used: dispynetrelay speaks only UDP, authenticated with the secret")
     try:

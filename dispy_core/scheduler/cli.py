@@ -12,8 +12,10 @@ import socket
 import sys
 from pathlib import Path
 
+from dispy_core.cliparse import CommandParser, add_log_options, add_version
 from dispy_core.config import load_config
 from dispy_core.errors import DispyError
+from dispy_core.logsetup import configure_program
 from dispy_core.node import nodeconfig
 from dispy_core.node.cli import quiet_accept_errors
 from dispy_core.pluginmanager import DispyPluginManager
@@ -37,8 +39,9 @@ NOT_IMPLEMENTED: tuple[str, ...] = ("httpd",)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dispyscheduler",
-                                     description="Share dispy nodes between client programs (SharedJobCluster).")
+    parser = CommandParser(prog="dispyscheduler",
+                           description="Share dispy nodes between client programs (SharedJobCluster).")
+    add_version(parser)
     parser.add_argument("-n", "--node", action="append", default=[], metavar="HOST[:PORT]",
                         help="a node to use (repeatable; default: every node discovery finds)")
     parser.add_argument("-i", "--host", action="append", default=[],
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_config", default=None, metavar="FILE",
                         help="write the options to this JSON file (without secrets) and exit")
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging")
+    add_log_options(parser)
     return parser
 
 
@@ -253,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     check_args(args, parser)
     if args.save_config:
         return save_config(args, parser)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    configure_program(debug=args.debug, json_logs=args.log_json)
     log_compatibility(args)
     try:
         server = build_server(args, parser)

@@ -9,7 +9,10 @@ duplicate of fd 2 taken at their start (:func:`keep_log_fd`), because while a jo
 are pipes into the job's own ``stdout``/``stderr``. So ``dispynode_logger`` in a job writes to the
 node's log, not into what the job captures (and the first record may come from inside a job).
 Each line names its process, "host" or "job", from the record's pid: a forked job needs no call (and
-touches no page) to be labelled right, even with handlers the host configured before the fork.
+touches no page) to be labelled right, even with handlers the host configured before the fork. Lines
+have the node's own format (``dispy_core.logsetup``), the role and pid ahead of the message; JSON
+lines, with ``role``, when the node logs JSON (``$DISPY_LOG_FORMAT``, which the node sets for its
+children when started with ``--log_json``).
 """
 
 from __future__ import annotations
@@ -76,9 +79,17 @@ def mark_host() -> None:
 def _formatter() -> Any:
     import logging
 
+    from dispy_core import logsetup
+
+    base = logsetup.formatter(logsetup.json_wanted(), ROLE_FORMAT)
+
     class RoleFormatter(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
             record.role = "host" if record.process == HOST_PID else "job"
-            return super().format(record)
+            return base.format(record)
 
-    return RoleFormatter("dispynode[%(role)s %(process)d] %(levelname)s %(name)s: %(message)s")
+    return RoleFormatter()
+
+
+ROLE_FORMAT = "%(asctime)s %(name)s %(levelname)s [%(role)s %(process)d] %(message)s"
+"""The node's line format (``dispy_core.logsetup.TEXT_FORMAT``) with the process's role and pid."""
