@@ -81,6 +81,7 @@ class JobFuture(concurrent.futures.Future[Any]):
             return False
         if not super().cancel():
             return False
+        self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait / as_completed
         cluster._cancel_soon(job)
         return True
 
@@ -123,6 +124,7 @@ def _settle(future: JobFuture, job: DispyJob) -> None:
     status = job.status
     if status == JobStatus.Cancelled:
         concurrent.futures.Future.cancel(future)
+        future.set_running_or_notify_cancel()  # wakes concurrent.futures.wait / as_completed
         return
     if status == JobStatus.Finished:
         if job.exception and job.result is None:
