@@ -20,6 +20,7 @@ from typing import Any
 
 from dispy_core.admin.client import NodeAddress, parse_node
 from dispy_core.admin.nodes import AdminNodes, summary
+from dispy_core.cliparse import add_version
 from dispy_core.config import load_config
 from dispy_core.errors import DispyError
 from dispy_core.node.service import ServiceWindow, parse_hhmm
@@ -41,6 +42,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dispyadmin", description="Administer dispynodes with their admin secret: "
                                      "CPUs, service window, computations to serve, shutdown.")
+    add_version(parser)
     parser.add_argument("-n", "--node", action="append", default=[], metavar="HOST[:PORT]",
                         help="a node to administer (repeatable; default port: --dispy_port + 1); without -n, "
                              "nodes are discovered")
