@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -167,6 +168,22 @@ def test_program_over_tls_with_a_token_and_sigterm(node_factory: Factory, tmp_pa
             page = answer.read().decode()
         (entry,) = json.loads(page)["nodes"]
         assert entry["cpus"] >= 1 and "error" not in entry and ADMIN not in page  # reached the node over TLS
+
+        def post(route: str, **form: str) -> tuple[int, dict[str, Any]]:
+            request = urllib.request.Request(f"{url}{route}", data=urllib.parse.urlencode(form).encode(),
+                                             headers={"Authorization": f"Bearer {token}"}, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=20, context=tls) as answer:
+                    return answer.status, json.loads(answer.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        status, done = post("/set_service", node=entry["node"], start="06:00", stop="22:00")
+        assert status == 200 and (done["service_start"], done["service_stop"]) == ("06:00", "22:00"), done
+        status, done = post("/serve", node=entry["node"], computations="2")
+        assert status == 200 and done["serve"] == 2, done
+        status, done = post("/set_cpus", node="127.0.0.1:9", cpus="1")  # only the nodes it administers
+        assert status == 400 and "not one of the nodes" in done["error"]
         admin.send_signal(signal.SIGTERM)
         assert admin.wait(20) == 0
         rest = "".join(lines) + admin.stdout.read()
