@@ -285,6 +285,10 @@ ENVIRONMENT: dict[str, str] = {
     "DISPY_SECRET": "The secret of `dispynode` and `dispynetrelay` without `-s`, and of programs (and `dispy_cmd`) "
                     "that give none; keeps it off the command line (and out of `ps`).",
     "DISPY_NODE_SECRET": "`dispyscheduler --node_secret`.",
+    "DISPY_ADMIN_SECRET": "`dispyadmin --admin_secret`: the nodes' admin secret, kept out of the process list.",
+    "DISPY_LOG_FORMAT": "`json` makes `dispynode`, `dispyscheduler`, `dispynetrelay` and `dispy_cmd` log one JSON "
+                        "object per line (as `--log_json`; the node's host and job processes follow); `text` is "
+                        "the default.",
     "DISPY_CLUSTER_SECRET": "`dispyscheduler --cluster_secret`.",
     "DISPY_HOST": "Addresses (comma separated) a `dispynode` without `-i` binds; for a program without `host=`, "
                   "the addresses it searches for nodes from.",
