@@ -26,7 +26,7 @@ def compute(kind: str, value: Any = None) -> Any:
     if kind == "raise":
         raise ValueError(f"bad value {value}")
     if kind == "unserializable":
-        raise ValueError(x for x in ())  # a generator: the exception cannot travel, its text does
+        raise ValueError(n for n in range(1))  # a generator: the exception cannot travel, its text does
     if kind == "die":
         os._exit(3)
     if kind == "sleep":
