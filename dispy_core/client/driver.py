@@ -188,6 +188,8 @@ class ClientDriver:
             job = self.jobs.get(msg.job_uid)
             if job is not None and self.feed(ev.JobStarted(msg.job_uid, key, msg.start_time)):
                 job.start_time = msg.start_time
+                if msg.ip_addr:  # from a scheduler: the node it runs on
+                    job.ip_addr = msg.ip_addr
         elif isinstance(msg, m.JobProvisional):
             self.feed(ev.ProvisionalArrived(msg.job_uid, key, msg))
         elif isinstance(msg, m.JobLost):

@@ -9,13 +9,17 @@ scheduler started with ``--cooperative`` agrees) to use fewer or more CPUs of on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import time
 from typing import Any
 
 from dispy_core.client.allocation import parse_nodes
 from dispy_core.client.cluster import DEFAULT_DISPY_PORT, JobCluster
-from dispy_core.client.connections import READY
+from dispy_core.client.computation import FileDepend
+from dispy_core.client.connections import READY, NodeConn
+from dispy_core.client.files import send_file_depend
 from dispy_core.client.nodes import DispyNode, NodeAllocate
 from dispy_core.errors import DispyError
 from dispy_core.protocol import messages as m
@@ -74,7 +78,34 @@ class SharedJobCluster(JobCluster):
     async def _discover_initial(self) -> None:
         # Before the scheduler is set up (on the loop, ahead of its NodeReady): its capacity comes from this.
         self._driver.state.pipeline = SCHEDULER_PIPELINE
+        self._driver.state.starts_reported = True  # a job queued at the scheduler is Created, not Running
         await super()._discover_initial()
+
+    def send_file(self, path: Any, node: Any = None) -> int:
+        """Send a file into the computation's directory on every node the scheduler runs it on, and on any
+        node that joins later (the scheduler keeps it until the computation closes): 0 once every node has it,
+        -1 (with each node's reason logged) otherwise. ``node`` is taken for the original's signature: the
+        scheduler, not the program, decides where jobs run, so the file goes to all of them. Right after the
+        cluster is created this waits (up to ``msg_timeout``) for the scheduler to be set up."""
+        try:
+            dep = send_file_depend(path)
+        except (ValueError, OSError) as exc:
+            log.error("send_file(%r): %s", path, exc)
+            return -1
+        timeout = 7 * self.config.msg_timeout + dep.size / (1 << 20)
+        return self._run(self._send_file_through_scheduler(dep), timeout, default=-1)
+
+    async def _send_file_through_scheduler(self, dep: FileDepend) -> int:
+        deadline = time.monotonic() + self.config.msg_timeout
+        while (conn := self._scheduler_conn()) is None and time.monotonic() < deadline and not self._closed:
+            await asyncio.sleep(0.05)
+        if conn is None:
+            log.error("send_file(%r): not connected to dispyscheduler %s", dep.path, self.scheduler_node)
+            return -1
+        return await self._life.send_file_to(conn.node.key, dep)
+
+    def _scheduler_conn(self) -> NodeConn | None:
+        return next((c for c in self._life.nodes.values() if c.state == READY and c.channel is not None), None)
 
     def set_node_cpus(self, node: Any, cpus: int) -> int:
         """How many CPUs of ``node`` (one of the scheduler's nodes: its address, name or ``addr:port``; a
@@ -91,7 +122,7 @@ class SharedJobCluster(JobCluster):
         return self._run(self._ask_node_cpus(spec, cpus), 2 * self.config.msg_timeout, default=-1)
 
     async def _ask_node_cpus(self, spec: str, cpus: int) -> int:
-        conn = next((c for c in self._life.nodes.values() if c.state == READY and c.channel is not None), None)
+        conn = self._scheduler_conn()
         if conn is None or conn.channel is None:
             log.warning("set_node_cpus(%r, %d): not connected to dispyscheduler %s", spec, cpus, self.scheduler_node)
             return -1

@@ -98,7 +98,8 @@ class ComputationHost:
                                     node_ip_addr=self.server.host, setup_timeout=msg.setup_timeout,
                                     extra=self._executor_extra(msg.options))
         self.server.computations[msg.comp_id] = comp
-        self.server._apply(self.server.state.handle(ev.CompOpened(msg.comp_id, msg.cpus)))
+        announce = msg.options.get("announce_starts") is True  # a scheduler's: see ev.CompOpened
+        self.server._apply(self.server.state.handle(ev.CompOpened(msg.comp_id, msg.cpus, announce)))
         self.server._served += 1
         interval = msg.options.get("pulse_interval")
         if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0 \

@@ -266,6 +266,8 @@ class JobStarted(Message):
     comp_id: str
     job_uid: int
     start_time: float
+    ip_addr: str = ""
+    """From a scheduler: the node the job started on (a node leaves it empty: it is the node)."""
 
 
 @message(32)

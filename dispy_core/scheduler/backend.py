@@ -28,6 +28,7 @@ from dispy_core.client.job import DispyJob
 from dispy_core.client.nodes import DispyNode, NodeAllocate
 from dispy_core.computation import Computation
 from dispy_core.config import Config
+from dispy_core.errors import DispyError
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol import messages as m
 from dispy_core.state import events as ev
@@ -206,6 +207,9 @@ class Backend:
         self._start_time = time.time()
         self._discovered = asyncio.Event()
         self._driver = RelayDriver(self, to_client, job_ended)
+        # The node's CPUs are shared with other computations: a job sent to one may wait there behind theirs,
+        # so it is Running (and the client told) only when the node says it started.
+        self._driver.state.starts_reported = True
         self._life = self._driver.life
         if arbiter is not None:
             arbiter.join(self, self.exclusive, self._start_time)
@@ -273,6 +277,24 @@ class Backend:
         job.submit_time = time.time()
         self._driver.submit(job)
 
+    async def send_file(self, dep: FileDepend) -> str:
+        """A file the client sent after setup (``send_file``): to every node the computation is set up on now,
+        and with the computation's files to any that sets it up later. "" when every node took it, else why
+        not (per node)."""
+        self._pkg.files.append(dep)
+        ready = [conn for conn in self._life.nodes.values() if conn.state == READY and conn.channel is not None]
+
+        async def one(conn: NodeConn) -> str:
+            assert conn.channel is not None
+            try:
+                await self._life.send_depend(conn, conn.channel, dep, 0)
+            except (DispyError, OSError) as exc:
+                return f"{conn.node.key}: {exc}"
+            return ""
+
+        refusals = [why for why in await asyncio.gather(*(one(conn) for conn in ready)) if why]
+        return "; ".join(refusals)
+
     def has_job(self, uid: int) -> bool:
         return uid in self._driver.jobs
 
@@ -292,7 +314,10 @@ class Backend:
 
     # ------------------------------------------------------------------ what the driver calls back (JobCluster's)
     def _computation_options(self) -> dict[str, Any]:
-        return {"pulse_interval": self.pulse_interval} if self.pulse_interval else {}
+        options: dict[str, Any] = {"announce_starts": True}  # see RelayDriver: Running only once a node starts it
+        if self.pulse_interval:
+            options["pulse_interval"] = self.pulse_interval
+        return options
 
     def _notify_cluster(self, status: int, node: DispyNode, job: Any) -> None:
         """No program here to tell; the log says what happened to nodes."""
@@ -331,7 +356,7 @@ class RelayDriver(ClientDriver):
             conn = self.life.nodes.get(job._node_key or "")
             if conn is not None:
                 self._bind(job, conn)
-            self.to_client(m.JobStarted(self.comp_id, notice.uid, time.time()))
+            self.to_client(m.JobStarted(self.comp_id, notice.uid, time.time(), ip_addr=job.ip_addr or ""))
         elif notice.status == JobStatus.ProvisionalResult and isinstance(outcome, m.JobProvisional):
             self.to_client(outcome)
         if notice.status not in FINAL_JOB_STATES:

@@ -300,10 +300,6 @@ class SchedulerServer:
         if msg.job_uid:
             files, paths = comp.job_files.setdefault(msg.job_uid, (
                 ComputationFiles(comp.work_dir / JOB_FILES / str(msg.job_uid), self.options.max_file_size), {}))
-        elif comp.backend is not None:
-            channel.send_nowait(m.FileAck(msg.req_id, False, "send_file after setup is not supported through "
-                                                             "dispyscheduler yet; give the file in depends"))
-            return
         else:
             files, paths = comp.files, {}
         try:
@@ -316,11 +312,21 @@ class SchedulerServer:
         if not complete:
             return
         path = safe_join(files.work_dir, msg.relpath)
+        dep = FileDepend(str(path), msg.relpath, msg.size, msg.mode & 0o777)
         if msg.job_uid:
             paths[msg.relpath] = str(path)
+        elif comp.backend is not None:  # send_file after setup: on to the nodes, acknowledged when they have it
+            self._spawn(self._pass_file_on(comp, comp.backend, dep, msg.req_id))
+            return
         else:
-            comp.depends.append(FileDepend(str(path), msg.relpath, msg.size, msg.mode & 0o777))
+            comp.depends.append(dep)
         channel.send_nowait(m.FileAck(msg.req_id, True))
+
+    async def _pass_file_on(self, comp: ClientComputation, backend: Backend, dep: FileDepend, req_id: int) -> None:
+        refusals = await backend.send_file(dep)
+        if refusals:
+            log.warning("file %r of %s refused by nodes: %s", dep.relpath, comp.name, refusals)
+        await send_quietly(comp.channel, m.FileAck(req_id, not refusals, refusals))
 
     def _on_setup(self, channel: Channel, msg: m.ComputationSetup) -> None:
         comp = self._owned(channel, msg.comp_id, msg.req_id)

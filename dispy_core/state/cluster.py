@@ -136,6 +136,9 @@ class ClusterState:
         self.reentrant = reentrant
         self.pipeline = pipeline
         self.allowed_failures = allowed_failures
+        self.starts_reported = False
+        """Every job sent to a node waits there (``Created``) until the node says it started: a scheduler, which
+        queues jobs for its own nodes, is such a node; a real node starts a job at once when a CPU is free."""
         self.jobs: dict[int, JobRecord] = {}
         self.pending: collections.deque[int] = collections.deque()
         self.parked: list[int] = []
@@ -468,7 +471,7 @@ class ClusterState:
         return sent
 
     def _send(self, node: NodeRecord, record: JobRecord, out: Out, batches: dict[str, list[int]]) -> None:
-        record.waiting = node.busy >= node.cpus
+        record.waiting = self.starts_reported or node.busy >= node.cpus
         record.node_id = node.node_id
         record.attempts += 1
         node.in_flight[record.uid] = record

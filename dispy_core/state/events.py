@@ -254,10 +254,13 @@ ClusterInstruction = SendJobs | SendCancel | NotifyJob | NotifyNode | CloseNode
 # =========================================================================== node: events
 @dataclass(frozen=True, slots=True)
 class CompOpened:
-    """A client opened a computation that may use ``cpus`` of the node's CPUs (not ready for jobs yet)."""
+    """A client opened a computation that may use ``cpus`` of the node's CPUs (not ready for jobs yet);
+    ``announce_starts``: tell it when each job starts, also those that start on arrival (a scheduler asks: its
+    computation shares the node's CPUs with others, so it cannot know that a job it sent runs at once)."""
 
     comp_id: str
     cpus: int
+    announce_starts: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ class CompRecord:
     """(arrival number, job uid) of jobs waiting for a CPU, oldest first."""
     running: set[int] = field(default_factory=set)
     jobs_done: int = 0
+    announce_starts: bool = False
 
 
 class NodeState:
@@ -83,7 +84,7 @@ class NodeState:
         if event.comp_id in self.comps:
             return  # open already: its jobs stay accounted for
         cpus = min(self.cpus, event.cpus) if event.cpus > 0 else self.cpus
-        self.comps[event.comp_id] = CompRecord(event.comp_id, max(1, cpus))
+        self.comps[event.comp_id] = CompRecord(event.comp_id, max(1, cpus), announce_starts=event.announce_starts)
 
     def _ready(self, event: ev.CompReady, out: Out) -> None:
         comp = self.comps.get(event.comp_id)
@@ -111,7 +112,7 @@ class NodeState:
             return
         if self.busy < self.cap and len(comp.running) < comp.cpus:
             comp.running.add(event.uid)
-            out.append(ev.StartJob(comp.comp_id, event.uid, False, event.time))
+            out.append(ev.StartJob(comp.comp_id, event.uid, comp.announce_starts, event.time))
         elif self.cap > 0 and len(comp.queued) < comp.cpus:
             comp.queued.append((next(self._arrivals), event.uid))
         elif self.cap == 0:

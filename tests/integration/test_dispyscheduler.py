@@ -229,7 +229,9 @@ def test_sigterm_closes_computations_and_leaves_no_process(
     try:
         jobs = [cluster.submit(60) for _ in range(4)]
         scheduler.wait_log("set up with 4 CPUs on 2 nodes")
+        wait_for(lambda: any(job is not None and job.status == JobStatus.Running for job in jobs), timeout=30)
         time.sleep(0.5)  # the jobs run on the nodes
+        started = [job for job in jobs if job is not None and job.status == JobStatus.Running]
         scheduler.proc.send_signal(signal.SIGTERM)
         assert scheduler.proc.wait(20) == 0
         log = scheduler.log()
@@ -237,12 +239,14 @@ def test_sigterm_closes_computations_and_leaves_no_process(
         for node in two_nodes:  # the computation is closed there, its jobs and processes gone
             node.wait_log("closed after")
             wait_for(lambda node=node: not psutil.Process(node.proc.pid).children(recursive=True), timeout=20)
-        for job in jobs:  # the client hears of it: its jobs end, none hangs
-            assert job is not None
+        for job in started:  # the client hears of it: the jobs that ran end, none hangs
             job(timeout=30)
             assert job.status in (JobStatus.Abandoned, JobStatus.Terminated, JobStatus.Cancelled)
+        # One that only waited at the scheduler never ran: it waits for the scheduler to come back.
+        assert all(job.status == JobStatus.Created for job in jobs if job is not None and job not in started)
     finally:
         cluster.close(timeout=5, terminate=True)
+    assert all(job is not None and job.status != JobStatus.Created for job in jobs)  # closed: none left behind
 
 
 def test_a_lost_node_jobs_go_to_the_other(two_nodes: list[NodeProcess],
@@ -298,3 +302,56 @@ def test_tls_on_both_hops_with_certificates_apart(node_factory: Callable[..., No
             assert wait_for(lambda c=cluster: list(c.status()["failed_nodes"].values()), timeout=20)
         finally:
             cluster.close(timeout=0, terminate=True)
+
+
+def reads_late_file(n: int) -> tuple[str, str]:
+    import time
+
+    time.sleep(0.05)
+    with open("late_data.txt") as handle:
+        return handle.read().strip(), dispy_node_name  # type: ignore[name-defined]  # noqa: F821 - injected
+
+
+def test_send_file_after_setup_reaches_every_node_and_later_ones(
+        node_factory: Callable[..., NodeProcess], scheduler_factory: Callable[..., SchedulerProcess],
+        tmp_path: Path) -> None:
+    early = node_factory("-c", "1", "--name", "early", secret=NODE_SECRET)
+    late_base = free_pair_base()  # named to the scheduler now, started after the file was sent
+    scheduler = scheduler_factory([early, f"127.0.0.1:{late_base + 1}"])
+    cluster = shared(scheduler, reads_late_file)
+    try:
+        data = tmp_path / "late_data.txt"
+        data.write_text("sent after setup")
+        assert cluster.send_file(str(data), None) == 0
+        assert cluster.send_file(str(tmp_path / "no_such_file.txt"), None) == -1
+        node_factory("-c", "1", "--name", "late", secret=NODE_SECRET, base_port=late_base)
+        seen: set[str] = set()
+        deadline = time.monotonic() + 60
+        while seen != {"early", "late"} and time.monotonic() < deadline:
+            results = [job() for job in [cluster.submit(i) for i in range(4)] if job is not None]
+            assert {text for text, _ in results} == {"sent after setup"}
+            seen |= {name for _, name in results}
+        assert seen == {"early", "late"}  # the node that came later got the file with the computation
+    finally:
+        assert cluster.close(timeout=30)
+
+
+def test_a_job_queued_at_the_scheduler_is_created_until_a_node_starts_it(
+        node_factory: Callable[..., NodeProcess], scheduler_factory: Callable[..., SchedulerProcess]) -> None:
+    node = node_factory("-c", "1", "--name", "only", secret=NODE_SECRET)
+    scheduler = scheduler_factory([node])
+    holder, waiter = shared(scheduler, slow), shared(scheduler, slow)
+    try:
+        first = holder.submit(2.0)
+        assert first is not None
+        wait_for(lambda: first.status == JobStatus.Running, timeout=30)
+        assert first.ip_addr == "127.0.0.1"  # the node's address, from the scheduler
+        second = waiter.submit(0.1)  # its cluster has the node's CPU to itself, but the other program uses it
+        assert second is not None
+        time.sleep(0.5)
+        assert second.status == JobStatus.Created  # it waits at the scheduler
+        assert second() == 0.1 and second.status == JobStatus.Finished and second.ip_addr == "127.0.0.1"
+        assert second.start_time is not None and first.end_time is not None
+        assert second.start_time >= first.end_time - 0.5
+    finally:
+        assert holder.close(timeout=30) and waiter.close(timeout=30)
