@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from dispy_core.cliparse import CommandParser, add_log_options, add_version
 from dispy_core.config import load_config
@@ -34,7 +35,7 @@ SECRET_OPTIONS = frozenset({"node_secret", "cluster_secret"})
 SAVED_NOTE = ("written by dispyscheduler --save_config; node_secret and cluster_secret are not saved: give them "
               "with --node_secret/--cluster_secret or $DISPY_NODE_SECRET/$DISPY_CLUSTER_SECRET")
 
-NOT_IMPLEMENTED: tuple[str, ...] = ("httpd",)
+NOT_IMPLEMENTED: tuple[str, ...] = ()
 """Options accepted so that old command lines still start; each logs that it has no effect yet."""
 
 
@@ -77,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where clients' files are kept until their computation closes")
     parser.add_argument("--max_file_size", default="0", help="largest file a client may send (k/m/g; 0 = none)")
     parser.add_argument("--clean", action="store_true", help="remove what a previous scheduler left behind")
-    parser.add_argument("--httpd", action="store_true", help="(not implemented yet)")
+    parser.add_argument("--httpd", action="store_true",
+                        help="serve the web monitor of every computation (dispy_core/monitor) at --httpd_host "
+                             "(default loopback; elsewhere open the URL with a token printed on stderr, or set "
+                             "$DISPY_HTTPD_TOKEN) and --httpd_port (default 8181)")
+    parser.add_argument("--httpd_host", default="", help="address the --httpd monitor listens on (default 127.0.0.1)")
+    parser.add_argument("--httpd_port", type=int, default=8181, help="port of the --httpd monitor (default 8181)")
     parser.add_argument("--cooperative", action="store_true",
                         help="clients may change how many CPUs of a node the scheduler uses, for every computation "
                              "(SharedJobCluster.set_node_cpus)")
@@ -212,18 +218,26 @@ def log_compatibility(args: argparse.Namespace) -> None:
                  "is contacted again by itself")
 
 
-async def run_scheduler(server: SchedulerServer, clean: bool = False) -> None:
+async def run_scheduler(server: SchedulerServer, clean: bool = False, httpd: dict[str, Any] | None = None) -> None:
     loop = asyncio.get_running_loop()
     quiet_accept_errors(loop)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, server.request_stop)
     if clean:
         clean_prefix(server.options.dest_path_prefix)
+    monitor: asyncio.Future[None] | None = None
     try:
         host, port = await server.start()
         print(f"dispyscheduler ready: {server.options.name} at port {port}", flush=True)
+        if httpd is not None:  # --httpd: the web monitor, until the scheduler stops
+            from dispy_core.monitor.scheduler import serve_monitor
+
+            monitor = asyncio.ensure_future(serve_monitor(server, **httpd))
         await server.serve_forever()
     finally:
+        if monitor is not None:
+            monitor.cancel()
+            await asyncio.gather(monitor, return_exceptions=True)
         await server.stop()
 
 
@@ -265,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dispyscheduler: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run_scheduler(server, clean=args.clean))
+        httpd = {"host": args.httpd_host, "port": args.httpd_port} if args.httpd else None
+        asyncio.run(run_scheduler(server, clean=args.clean, httpd=httpd))
     except OSError as exc:
         print(f"dispyscheduler: error: {exc}", file=sys.stderr)
         return 1
