@@ -169,6 +169,16 @@ def test_a_waiting_job_that_starts_runs() -> None:
     assert not state.jobs[2].waiting and state.running_uids("a") == [1, 2]
 
 
+def test_a_node_that_reports_starts_keeps_every_sent_job_created_until_it_starts() -> None:
+    state = cluster()
+    state.starts_reported = True  # a scheduler: what it was sent may wait there behind other programs' jobs
+    submitted(state, 1, 2)
+    assert state.handle(NodeReady("a", 1, T)) == [NotifyNode("a", NodeStatus.Initialized), SendJobs("a", (1, 2))]
+    assert [state.jobs[uid].status for uid in (1, 2)] == [Created, Created]
+    assert state.handle(JobStarted(2, "a", T)) == [running(2)]
+    assert state.running_uids("a") == [2]
+
+
 def test_stale_job_started_is_ignored() -> None:
     state = one_cpu_node_with_jobs(3)
     assert state.handle(JobStarted(1, "a", T)) == []  # it runs already

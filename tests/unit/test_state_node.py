@@ -74,6 +74,13 @@ def test_a_job_with_a_free_cpu_starts_at_once() -> None:
     assert state.busy == 2 and state.avail_cpus == 0
 
 
+def test_a_computation_that_asks_is_told_of_every_start() -> None:
+    state = NodeState(2)
+    state.handle(CompOpened("sched", 0, announce_starts=True))
+    state.handle(CompReady("sched"))
+    assert arrive(state, "sched", 1) == [StartJob("sched", 1, True, T)]  # started on arrival: said all the same
+
+
 def test_beyond_the_cpus_jobs_wait_then_are_refused() -> None:
     state = node(2)
     arrive(state, "c", 1, 2)
