@@ -164,7 +164,11 @@ class ComputationWatch:
 async def serve_monitor(server: SchedulerServer, **httpd_options: Any) -> None:
     """``dispyscheduler --httpd``: serve the monitor (``DispyHTTPServer``'s options, e.g. ``port``) until
     cancelled. Spawn it once ``server.start()`` has returned."""
-    httpd = await asyncio.to_thread(DispyHTTPServer, None, **httpd_options)
+    try:
+        httpd = await asyncio.to_thread(DispyHTTPServer, None, **httpd_options)
+    except (OSError, ValueError) as exc:
+        log.error("--httpd: the web monitor cannot start: %s", exc)
+        return
     await SchedulerMonitor(server, httpd).run()
 
 

@@ -4,9 +4,11 @@ this process, on its own loop thread) with a real dispynode, and a SharedJobClus
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,3 +95,31 @@ def test_monitor_across_the_scheduler_computations(scheduler: tuple[NodeProcess,
     finally:
         cluster.close(timeout=10, terminate=True)
     wait_for(lambda: client.json("/cluster_status")["clusters"] == [])  # a closed computation leaves the monitor
+
+
+def test_dispyscheduler_httpd_option(tmp_path: Path) -> None:
+    """The real program: ``dispyscheduler --httpd --httpd_port N`` serves the monitor while it runs."""
+    import socket
+    import urllib.request
+
+    from dispy_core.testing.scheduler import start_scheduler
+
+    (tmp_path / "node").mkdir()
+    node = start_node(["-c", "1"], secret=NODE_SECRET, prefix=tmp_path / "node")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sched = start_scheduler([node], ["--httpd", "--httpd_port", str(port)], cluster_secret=CLUSTER_SECRET,
+                            node_secret=NODE_SECRET, prefix=tmp_path)
+    try:
+        def answer() -> Any:
+            try:
+                return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/cluster_status", timeout=5).read())
+            except OSError:
+                return None
+
+        assert wait_for(answer)["clusters"] == []
+        assert "dispy monitor serving at http://127.0.0.1:" in sched.log()
+    finally:
+        sched.stop()
+        node.stop()
