@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,27 @@ def load_exception(encoded: str, loads: Any) -> BaseException | None:
         exc = loads(base64.b64decode(encoded, validate=True))
     except Exception:
         return None
-    return exc if isinstance(exc, BaseException) else None
+    if not isinstance(exc, BaseException):
+        return None
+    _as_program_class(exc)
+    return exc
+
+
+def _as_program_class(exc: BaseException) -> None:
+    """A class of the program's ``__main__`` reached the node by value (with a function), so the exception
+    comes back as an instance of a copy: make it an instance of the program's own class again, so that
+    ``except ThatClass`` catches it."""
+    cls = type(exc)
+    if cls.__module__ != "__main__":
+        return
+    main = sys.modules.get("__main__")
+    own = getattr(main, cls.__qualname__, None) if "." not in cls.__qualname__ else None
+    if own is None or own is cls or not isinstance(own, type) or not issubclass(own, BaseException):
+        return
+    try:
+        exc.__class__ = own
+    except TypeError:  # a different layout: not the same class after all
+        pass
 
 
 def future_of(job: DispyJob) -> JobFuture:

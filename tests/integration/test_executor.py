@@ -115,3 +115,42 @@ def test_shutdown_cancel_futures_and_the_context_manager(node_factory: Any) -> N
         future = executor.submit(shifted, 1)
     assert future.done() and future.result() == 1001  # leaving the block waited for it
     assert executor.cluster._closed
+
+
+MAIN_PROGRAM = '''
+import sys
+
+import dispy
+
+
+class Refused(Exception):
+    pass
+
+
+def cube(x):
+    if x < 0:
+        raise Refused(f"negative {x}")
+    return x ** 3
+
+
+if __name__ == "__main__":
+    with dispy.DispyExecutor(nodes=["127.0.0.1"], dispy_port=int(sys.argv[1])) as executor:
+        print("MAP", list(executor.map(cube, range(4), chunksize=2)))
+        try:
+            executor.submit(cube, -1).result(timeout=60)
+        except Refused as exc:
+            print("RAISED", type(exc).__name__, exc, type(exc.__cause__).__name__)
+'''
+
+
+def test_functions_and_exception_classes_of_main_travel_by_value(node: NodeProcess, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    program = tmp_path / "program.py"
+    program.write_text(MAIN_PROGRAM)
+    done = subprocess.run([sys.executable, str(program), str(node.base_port)], capture_output=True, text=True,
+                          timeout=90, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "MAP [0, 1, 8, 27]" in done.stdout
+    assert "RAISED Refused negative -1 RemoteTraceback" in done.stdout, done.stdout + done.stderr
