@@ -45,7 +45,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command's parser and its ``demo`` subcommand's (whose errors name ``dispy demo``)."""
     parser = CommandParser(prog="dispy", description="dispy: run Python on many machines")
     add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="start a local node and run a real computation on it")
     demo.add_argument("--jobs", type=int, default=16, help="number of jobs (default 16)")
     demo.add_argument("--executor", default="fork", help="node executor plugin (fork or spawn)")
+    return parser, demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, demo = build_parser()
     args = parser.parse_args(argv)
     if args.command == "plugins":
         return cmd_plugins(args)

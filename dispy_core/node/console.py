@@ -65,10 +65,15 @@ class Console:
         return HELP
 
     def _cmd_cpus(self, args: list[str]) -> str:
+        usage = "usage: cpus N (0 = all, negative = all but N)"
         if len(args) != 1:
-            return "usage: cpus N (0 = all, negative = all but N)"
+            return usage
         try:
-            cpus = self.server.set_cpus(int(args[0]))
+            wanted = int(args[0])
+        except ValueError:
+            return f"cpus not changed: {args[0]!r} is not a whole number; {usage}"
+        try:
+            cpus = self.server.set_cpus(wanted)
         except ValueError as exc:
             return f"cpus not changed: {exc}"
         return f"serving {cpus} CPUs"
@@ -131,8 +136,8 @@ class Console:
         try:
             text = self.execute(line)
         except Exception as exc:  # an operator's typo must never take the node down
-            log.exception("console command %r failed", line)
-            text = f"command failed: {exc}"
+            log.debug("console command %r failed", line, exc_info=True)
+            text = f"command {line.strip()!r} failed: {type(exc).__name__}: {exc}"
         try:
             print(text, file=self.out, flush=True)
         except (OSError, ValueError):  # nobody reads the console any more; the node goes on

@@ -108,7 +108,15 @@ def _checked(parser: argparse.ArgumentParser, path: str, key: str, action: argpa
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         parser.error(f"{where} must be a string or a number, not {value!r}")
-    return str(value)  # argparse converts (and checks) string defaults with the option's type
+    text = str(value)
+    if callable(action.type):  # argparse converts string defaults with the option's type later: check it here,
+        try:  # where the error can name the file
+            action.type(text)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            kind = getattr(action.type, "__name__", "")
+            reason = str(exc) if isinstance(exc, argparse.ArgumentTypeError) or not kind else f"invalid {kind} value"
+            parser.error(f"{where}: {reason}: {value!r}")
+    return text  # argparse converts (and checks) string defaults with the option's type
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
