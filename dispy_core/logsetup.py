@@ -27,6 +27,9 @@ TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 """Every program's log line: time, logger, level, message (the node's host and job processes add
 ``[host PID]`` / ``[job PID]`` before the message)."""
 
+PROGRAM_HANDLER = "dispy-program"
+"""The name of the root handler :func:`configure_program` adds."""
+
 FORMAT_ENV = "DISPY_LOG_FORMAT"
 """``json``: programs log JSON lines; ``text`` (or unset): :data:`TEXT_FORMAT`."""
 
@@ -82,7 +85,10 @@ def configure_program(debug: bool = False, json_logs: bool = False, level: int |
         os.environ[FORMAT_ENV] = "json"
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter(use_json))
+    handler.set_name(PROGRAM_HANDLER)
     root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == PROGRAM_HANDLER]:  # called again: replaced, not doubled
+        root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level if level is not None else logging.DEBUG if debug else logging.INFO)
     complaint = check_format_env()
