@@ -99,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the earliest-created computation goes next (= --policy early_cluster)")
     parser.add_argument("--daemon", action="store_true", help="no interactive console (there is none yet)")
     parser.add_argument("--config", default=None, metavar="FILE",
-                        help="read options from this JSON file (the command line overrides them)")
+                        help="read options from this TOML (or JSON) file of option names and values "
+                             "(the command line overrides them)")
     parser.add_argument("--save_config", default=None, metavar="FILE",
-                        help="write the options to this JSON file (without secrets) and exit")
+                        help="write the options to this file (TOML if it ends in .toml, else JSON; without "
+                             "secrets) and exit")
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging")
     add_log_options(parser)
     return parser
