@@ -21,6 +21,8 @@ from dispy_core.channel import Channel
 from dispy_core.client.allocation import NodeEntry, choose_alloc
 from dispy_core.client.computation import FileDepend, file_depend
 from dispy_core.client.nodes import DispyNode, DispyNodeAvailInfo, NodeAllocate
+from dispy_core.client.search import NodeSearch
+from dispy_core.client.transfers import stream_file
 from dispy_core.errors import AuthenticationError, ConfigError, DispyError, ProtocolError
 from dispy_core.interfaces import NodeView
 from dispy_core.protocol import messages as m
@@ -33,16 +35,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dispy")
 
-__all__ = ["CLOSED", "CLOSING", "CONNECTING", "FILE_CHUNK", "READY", "SETUP", "NodeConn", "NodeLife"]
+__all__ = ["CLOSED", "CLOSING", "CONNECTING", "READY", "SETUP", "NodeConn", "NodeLife"]
 
-FILE_CHUNK = 4 << 20
 TRANSFERS_PER_NODE = 8
 """Files sent to one node at once (jobs' files go in parallel): well under the node's bound."""
 PULSES_MISSED = 5
 """With ``pulse_interval``, a node from which nothing arrives for this many pulses is lost (the original's rule)."""
-SEARCH_PINGS, SEARCH_WAIT = 3, 1.5
-"""A search pings this many times (a lost datagram must not hide a node) over this many seconds, then the
-cluster counts what answered (late nodes still join when heard)."""
 WARN_FIRST, WARN_MAX = 5.0, 300.0
 """Seconds until the first WARNING that no node is usable yet (after the ERROR at start), and the most
 between two; the interval doubles."""
@@ -84,9 +82,8 @@ class NodeLife:
         self.named: dict[str, NodeEntry] = {}  # nodes the program named (ip:port, or host:port unresolved)
         self.no_node_declared = False
         self._next_warning = (0.0, WARN_FIRST)  # when to say again that no node is usable, and the step
-        self.patterns: list[NodeEntry] = []  # wildcard entries: nodes found by discovery that match one are used
-        self.searcher: Any = None  # the discovery plugin's search, once a pattern asked for one
         self.unicast_targets: set[tuple[str, int]] = set()  # named hosts: searches ping them too (relays)
+        self.finder = NodeSearch(self)
 
     # ------------------------------------------------------------------ finding nodes
     async def discover(self, entries: list[NodeEntry]) -> list[NodeConn]:
@@ -126,67 +123,16 @@ class NodeLife:
         return conns
 
     async def search(self, entries: list[NodeEntry]) -> list[NodeConn]:
-        """Find the nodes the patterns among ``entries`` stand for: ping, and use each node that answers (or
-        announces itself later) and matches a pattern; wait ``SEARCH_WAIT`` s for answers, then until each
-        node that answered was tried."""
-        new = [e for e in entries if e.alloc.is_pattern and e not in self.patterns]
-        if not new and not any(e.alloc.is_pattern for e in entries):
-            return []
-        self.patterns.extend(new)
-        if self.searcher is None and not await self._start_search():
-            return []
-        before = set(self.nodes)
-        for _ in range(SEARCH_PINGS):
-            if hasattr(self.searcher, "unicast"):  # named hosts as they resolve
-                self.searcher.unicast.update(self.unicast_targets)
-            self.searcher.ping()
-            await asyncio.sleep(SEARCH_WAIT / SEARCH_PINGS)
-        found = [conn for key, conn in self.nodes.items() if key not in before]
-        pending = [c.op for c in found if c.op is not None and not c.op.done()]
-        if pending:
-            await asyncio.wait(pending)
-        if not found and not any(c.state == READY for c in self.nodes.values()):
-            reason = f"no node answered discovery ({self.searcher.describe()}); still listening"
-            log.warning("cluster %s: %s", self.cluster.name, reason)
-            patterns = ", ".join(e.alloc.host for e in self.patterns)
-            seeker = DispyNode(patterns, self.cluster.node_port)  # a stand-in for the nodes looked for
-            seeker.reason = reason
-            self.driver.node_status(NodeStatus.Closed, seeker)  # cluster_status hears it too
-        return found
+        """Find the nodes the patterns among ``entries`` stand for (see :class:`NodeSearch`)."""
+        return await self.finder.search(entries)
 
-    async def _start_search(self) -> bool:
-        cluster = self.cluster
-        if not hasattr(cluster.discovery, "search"):
-            self.record_failure("*", f"discovery plugin {getattr(cluster.discovery, 'name', '?')} cannot search "
-                                     f"for nodes by pattern; name the nodes")
-            return False
-        host = cluster.host or os.environ.get("DISPY_HOST", "")
-        hosts = [h for h in (host if isinstance(host, list | tuple) else [host]) if h]
-        self.searcher = cluster.discovery.search(
-            secret=cluster.secret, node_port=cluster.node_port, client_port=cluster.client_port,
-            on_found=self._found, name=cluster.name, hosts=hosts, ipv4_multicast=cluster.ipv4_udp_multicast,
-            **cluster.multicast_groups)
-        try:
-            await self.searcher.start()
-        except OSError as exc:
-            self.record_failure("*", f"cannot search for nodes: {exc}")
-            self.searcher = None
-            return False
-        return True
+    @property
+    def searcher(self) -> Any:
+        """The discovery plugin's search, once a pattern asked for one."""
+        return self.finder.searcher
 
-    def _found(self, ip_addr: str, port: int, name: str) -> None:
-        """A node answered a ping or announced itself: use it if a pattern matches and it is not in use."""
-        key = f"{ip_addr}:{port}"
-        if self.cluster._closed or key in self.nodes:
-            return
-        if name and any(c.node.name == name and c.node.port == port for c in self.nodes.values()):
-            return  # the same node heard at another of its addresses (IPv4 and IPv6, two interfaces)
-        entry = next((e for e in self.patterns if e.alloc.matches(ip_addr, name) and e.alloc.port in (None, port)),
-                     None)
-        if entry is None:
-            log.debug("node %s (%s) found, but no pattern of cluster %s matches it", key, name, self.cluster.name)
-            return
-        log.debug("node %s (%s) found by discovery", key, name)
+    def found(self, key: str, ip_addr: str, port: int, name: str, entry: NodeEntry) -> None:
+        """Discovery found a node a pattern matches and that is not in use: connect and set it up."""
         self.named[key] = entry  # tried again like a named node if it fails
         self.reconnect.forget(key)
         conn = NodeConn(self.records.get(key) or DispyNode(ip_addr, port), entry)
@@ -300,32 +246,8 @@ class NodeLife:
         """Stream a file in chunks; the node acknowledges the last one or refuses with a reason (which may
         come early, at the first chunk: then the rest is not sent)."""
         async with conn.transfers:
-            await self._send_depend(conn, channel, dep, job_uid)
-
-    async def _send_depend(self, conn: NodeConn, channel: Channel, dep: FileDepend, job_uid: int) -> None:
-        req_id = channel.next_req_id()
-        comp_id, timeout = self.cluster.comp_id, self.cluster.config.msg_timeout
-        try:
-            with open(dep.path, "rb") as handle:
-                offset = 0
-                while True:
-                    data = handle.read(FILE_CHUNK)
-                    last = offset + len(data) >= dep.size
-                    msg = m.FileChunk(req_id, comp_id, dep.relpath, dep.size, offset, data, last=last,
-                                      job_uid=job_uid, mode=dep.mode)
-                    if last:
-                        reply = await channel.request(msg, timeout)
-                        assert isinstance(reply, m.FileAck)
-                        if not reply.ok:
-                            reason = conn.file_errors.get(req_id) or reply.error
-                            raise DispyError(f"node refused file {dep.relpath!r}: {reason}")
-                        return
-                    await channel.send(msg)
-                    offset += len(data)
-                    if req_id in conn.file_errors:
-                        raise DispyError(f"node refused file {dep.relpath!r}: {conn.file_errors[req_id]}")
-        finally:
-            conn.file_errors.pop(req_id, None)
+            await stream_file(channel, dep, self.cluster.comp_id, job_uid, conn.file_errors,
+                              self.cluster.config.msg_timeout)
 
     async def send_file_to(self, spec: Any, dep: FileDepend) -> int:
         conn = self.find(spec)
@@ -495,9 +417,7 @@ class NodeLife:
     async def close_all(self, terminate: bool) -> None:
         """The cluster closes: close the computation on every node set up, drop the others. A node that does
         not confirm in time (frozen, cut off) is dropped, with the reason logged: closing never hangs on it."""
-        if self.searcher is not None:
-            self.searcher.close()
-            self.searcher = None
+        self.finder.close()
         closers: dict[asyncio.Task[Any], NodeConn] = {}
         for conn in list(self.nodes.values()):
             if conn.state in (READY, CLOSING):
