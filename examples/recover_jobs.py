@@ -3,8 +3,9 @@
     python examples/recover_jobs.py
 
 Every cluster records what it sent where in its ``recover_file``. Here a client program is killed
-(``os._exit``) while its jobs run; the node goes on running them and keeps their results. Afterwards,
-``recover_jobs(recover_file)`` connects to the nodes named in the file and returns one DispyJob per job.
+(``os._exit``) while its jobs run (one per CPU of the node); the node goes on running them and keeps their
+results. Afterwards, ``recover_jobs(recover_file)`` connects to the nodes named in the file and returns
+one DispyJob per job.
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ def slow_square(n: int) -> int:
 
 
 def doomed_client(recover_file: str, host: str, port: int) -> None:
-    """Submit four jobs, wait until the node runs them, then die without closing the cluster."""
+    """Submit one job per CPU of the node, wait until they all run there, then die without closing."""
     cluster = dispy.JobCluster(slow_square, nodes=[(host, port)], recover_file=recover_file)  # DISPY_SECRET
-    jobs = [cluster.submit_job_id(f"square-{n}", n) for n in range(4)]
     deadline = time.monotonic() + 30
-    while not any(job.status == dispy.DispyJob.Running for job in jobs) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the node has all four: as many run as it has CPUs, the others wait there for one
+    while not cluster.status()["nodes"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cpus = cluster.status()["nodes"][0].cpus
+    jobs = [cluster.submit_job_id(f"square-{n}", n) for n in range(cpus)]
+    while not all(job.status == dispy.DispyJob.Running for job in jobs) and time.monotonic() < deadline:
+        time.sleep(0.05)  # Running: the node started it (a job still at the client could not be recovered)
     print(f"client: {sum(job.status == dispy.DispyJob.Running for job in jobs)} jobs running; dying now", flush=True)
     os._exit(1)
 
@@ -52,7 +56,7 @@ def main() -> int:
         jobs = dispy.recover_jobs(recover_file, timeout=30)
         for job in sorted(jobs, key=lambda job: job.id):
             print(f"  {job.id}: {STATUS_NAMES[job.status]}, result {job.result}")
-    assert sorted((job.id, job.result) for job in jobs) == [(f"square-{n}", n * n) for n in range(4)], jobs
+    assert jobs and sorted((job.id, job.result) for job in jobs) == [(f"square-{n}", n * n) for n in range(len(jobs))]
     assert all(job.status == dispy.DispyJob.Finished for job in jobs)
     return 0
 
