@@ -2,11 +2,10 @@
 
 Each open computation (a client's ``SharedJobCluster``) is one cluster on the monitor. The scheduler's objects
 live on its event loop, so every view is computed there (``run_coroutine_threadsafe`` from the web server's
-threads). Job news is heard where the computation's driver carries out its state's ``NotifyJob``
-instructions: :class:`ComputationWatch` wraps that one method of the driver instance (the scheduler relays
-jobs, it does not call the client's notification hooks), before the driver forgets a job that ended.
-:class:`SchedulerMonitor` adds a watch when a computation is set up (before its first job) and removes it when it
-closes; :func:`serve_monitor` is what `dispyscheduler --httpd` runs.
+threads). :class:`SchedulerMonitor` is one of the server's ``BackendObserver``s: it adds a watch when a
+computation is set up (before its first job), hands each job notice of its driver to that watch (the scheduler
+relays jobs, it does not call the client's notification hooks) and removes it when the computation closes;
+:func:`serve_monitor` is what `dispyscheduler --httpd` runs.
 
 The scheduler never loads its clients' arguments (they stay opaque bytes), so the node page shows no
 arguments; node actions (CPUs, allocation) stay the clients' (``set_node_cpus`` with ``--cooperative``):
@@ -56,22 +55,12 @@ class ComputationWatch:
         self.done_times: dict[str, collections.deque[float]] = {}
         self.node_done: collections.Counter[str] = collections.Counter()
         self.node_time: collections.defaultdict[str, float] = collections.defaultdict(float)
-        driver = backend._driver
-        self._original = driver._notify_job
-        driver._notify_job = self._notify_job  # type: ignore[method-assign]
 
     def detach(self) -> None:
-        driver = self.backend._driver
-        if driver._notify_job == self._notify_job:
-            driver._notify_job = self._original  # type: ignore[method-assign]
+        """Nothing to undo: the monitor stops handing it news when the computation closes."""
 
-    def _notify_job(self, notice: Any) -> None:
-        job = self.backend._driver.jobs.get(notice.uid)
-        if job is not None:
-            self._count(notice, job)
-        self._original(notice)
-
-    def _count(self, notice: Any, job: Any) -> None:
+    def count(self, notice: Any, job: Any) -> None:
+        """A job's news, from the scheduler's loop (see ``SchedulerMonitor.job_notice``)."""
         with self._lock:
             if notice.status == JobStatus.Created and notice.previous is None:
                 self.submitted += 1
@@ -182,32 +171,41 @@ class SchedulerMonitor:
         self.httpd = httpd
         self.watched: dict[str, int] = {}
         """comp_id -> the watch's cid on the monitor."""
+        self.watches: dict[str, ComputationWatch] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> None:
         """Follow the scheduler's computations until cancelled; then the web server stops."""
-        loop = asyncio.get_running_loop()
-        arbiter = self.server.arbiter
-        join, leave = arbiter.join, arbiter.leave
-
-        def joined(backend: Backend, exclusive: bool, now: float) -> None:
-            self.watch(backend, loop)
-            join(backend, exclusive, now)
-
-        def left(comp_id: str) -> None:
-            leave(comp_id)
-            cid = self.watched.pop(comp_id, None)
-            if cid is not None:
-                self.httpd.remove_watch(cid)
-
-        for backend in list(arbiter.backends.values()):
-            self.watch(backend, loop)
-        arbiter.join, arbiter.leave = joined, left  # type: ignore[method-assign]
+        self.loop = asyncio.get_running_loop()
+        for backend in list(self.server.arbiter.backends.values()):
+            self.opened(backend)
+        self.server.observers.append(self)
         try:
             await asyncio.Event().wait()
         finally:
-            arbiter.join, arbiter.leave = join, leave  # type: ignore[method-assign]
+            self.server.observers.remove(self)
             await asyncio.to_thread(self.httpd.shutdown, False)
+
+    # ------------------------------------------------------------------ BackendObserver
+    def opened(self, backend: Backend) -> None:
+        assert self.loop is not None
+        self.watch(backend, self.loop)
+
+    def job_notice(self, backend: Backend, notice: Any, job: Any) -> None:
+        watch = self.watches.get(backend.comp_id)
+        if watch is not None:
+            watch.count(notice, job)
+
+    def closed(self, backend: Backend) -> None:
+        cid = self.watched.pop(backend.comp_id, None)
+        self.watches.pop(backend.comp_id, None)
+        if cid is not None:
+            self.httpd.remove_watch(cid)
 
     def watch(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
         if backend.comp_id not in self.watched:
-            self.watched[backend.comp_id] = self.httpd.add_watch(lambda cid: ComputationWatch(cid, backend, loop))
+            def make(cid: int) -> ComputationWatch:
+                watch = self.watches[backend.comp_id] = ComputationWatch(cid, backend, loop)
+                return watch
+
+            self.watched[backend.comp_id] = self.httpd.add_watch(make)

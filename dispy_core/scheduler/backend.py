@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from dispy_core.client.allocation import NodeEntry, choose_alloc
 from dispy_core.client.computation import FileDepend, Package
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dispy.scheduler")
 
-__all__ = ["SCHEDULER_OPTIONS", "Backend", "NodeSide", "RelayDriver"]
+__all__ = ["SCHEDULER_OPTIONS", "Backend", "BackendObserver", "NodeSide", "RelayDriver"]
 
 SCHEDULER_OPTIONS = ("reentrant", "allowed_failures", "exclusive", "recover", "pulse_interval", "nodes")
 """Computation options meant for the scheduler, not the nodes: taken out of the record before it goes on.
@@ -158,12 +158,26 @@ class NodeSide:
                 for host, port in self.nodes]
 
 
+class BackendObserver(Protocol):
+    """What follows the scheduler's computations (the web monitor of ``--httpd``): told of each on the
+    scheduler's loop, from its set-up (before its first job) to its close."""
+
+    def opened(self, backend: Backend) -> None:
+        """``backend`` was made for a client's computation."""
+
+    def job_notice(self, backend: Backend, notice: ev.NotifyJob, job: DispyJob) -> None:
+        """A job of ``backend`` changed status (``notice``); ``job`` is still known to the back end."""
+
+    def closed(self, backend: Backend) -> None:
+        """``backend`` closed: its jobs are off the nodes."""
+
+
 class Backend:
     """The JobCluster-shaped object ``ClientDriver`` and ``NodeLife`` drive, for one client computation."""
 
     def __init__(self, side: NodeSide, opened: m.ComputationOpen, files: list[FileDepend],
                  to_client: Callable[[m.Message], Any], job_ended: Callable[[int], None],
-                 arbiter: Arbiter | None = None) -> None:
+                 arbiter: Arbiter | None = None, observers: list[BackendObserver] | None = None) -> None:
         options = dict(opened.options)
         own = {key: options.pop(key) for key in SCHEDULER_OPTIONS if key in options}
         record = dataclasses.replace(Computation.of(opened), options=options)
@@ -211,8 +225,11 @@ class Backend:
         # so it is Running (and the client told) only when the node says it started.
         self._driver.state.starts_reported = True
         self._life = self._driver.life
+        self.observers = observers if observers is not None else []
         if arbiter is not None:
             arbiter.join(self, self.exclusive, self._start_time)
+        for observer in self.observers:
+            observer.opened(self)
 
     @property
     def state(self) -> ClusterState:
@@ -311,6 +328,8 @@ class Backend:
         finally:
             if self.arbiter is not None:  # its jobs are off the nodes now: their slots go to the others
                 self.arbiter.leave(self.comp_id)
+            for observer in self.observers:
+                observer.closed(self)
 
     # ------------------------------------------------------------------ what the driver calls back (JobCluster's)
     def _computation_options(self) -> dict[str, Any]:
@@ -351,6 +370,8 @@ class RelayDriver(ClientDriver):
         job = self.jobs.get(notice.uid)
         if job is None:
             return
+        for observer in self.backend.observers:
+            observer.job_notice(self.backend, notice, job)
         outcome = notice.outcome
         if notice.status == JobStatus.Running:  # the client marks it Running too (if it waits there)
             conn = self.life.nodes.get(job._node_key or "")

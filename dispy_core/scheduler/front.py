@@ -32,7 +32,7 @@ from dispy_core.paths import check_relpath, safe_join
 from dispy_core.protocol import messages as m
 from dispy_core.ratelog import Throttled
 from dispy_core.scheduler.arbiter import Arbiter
-from dispy_core.scheduler.backend import Backend, NodeSide
+from dispy_core.scheduler.backend import Backend, BackendObserver, NodeSide
 from dispy_core.status import JobStatus, RefusalReason
 
 log = logging.getLogger("dispy.scheduler")
@@ -100,6 +100,8 @@ class SchedulerServer:
         self.serializer = serializer
         self.side = side
         self.arbiter = Arbiter(side.plugins.make_policy())
+        self.observers: list[BackendObserver] = []
+        """Told of every computation's set-up, jobs and close (``--httpd``'s monitor)."""
         self.comps: dict[str, ClientComputation] = {}
         self.channels: set[Channel] = set()
         self.listeners: list[Listener] = []
@@ -339,7 +341,7 @@ class SchedulerServer:
             comp.backend = Backend(self.side, comp.opened, list(comp.depends),
                                    to_client=lambda msg: self._to_client(comp, msg),
                                    job_ended=lambda uid: self._job_ended(comp, uid),
-                                   arbiter=self.arbiter)
+                                   arbiter=self.arbiter, observers=self.observers)
         except ValueError as exc:  # options the client sent that make no sense (nodes=)
             await send_quietly(comp.channel, m.ComputationReady(req_id, comp.opened.comp_id, False, error=str(exc)))
             await self._close(comp, True)
