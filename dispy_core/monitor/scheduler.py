@@ -163,8 +163,7 @@ async def serve_monitor(server: SchedulerServer, **httpd_options: Any) -> None:
 
 class SchedulerMonitor:
     """The monitor of one :class:`SchedulerServer`: a watch per computation from the moment its back end is made
-    (the server's arbiter hears of each computation as it is set up, before any job, and as it closes: the
-    monitor wraps those two methods of that arbiter instance) until it closes."""
+    (before any job) until it closes; the server tells it as one of its ``BackendObserver``s."""
 
     def __init__(self, server: SchedulerServer, httpd: DispyHTTPServer) -> None:
         self.server = server
