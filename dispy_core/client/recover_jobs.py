@@ -14,6 +14,7 @@ import time
 
 from dispy_core import __version__
 from dispy_core.channel import Channel
+from dispy_core.client.futures import load_exception
 from dispy_core.client.job import DispyJob
 from dispy_core.client.recovery import RecoverRecord, latest_recover_file, read_recover_file
 from dispy_core.config import load_config
@@ -171,6 +172,8 @@ class _NodeRecovery:
             job.stderr = msg.stderr.decode("utf-8", "replace")
         if msg.exception:
             job.exception = msg.exception
+        if msg.exception_object:  # job.future raises the original, as for a job the program got itself
+            job._exc_object = load_exception(msg.exception_object, channel.session.loads)
         job.start_time, job.end_time = msg.start_time or None, msg.end_time or None
         job.status = msg.status
         job._finish()

@@ -116,3 +116,28 @@ def test_jobs_submitted_and_never_sent_come_back_with_the_programs_ids(tmp_path:
     assert record.pending == {"h:1": {1}}
     assert record.unsent == {2, 3, 5}
     assert record.ids == {1: "first", 3: 30}
+
+
+def test_a_recovered_failed_job_future_raises_the_original_exception() -> None:
+    import base64
+    import pickle
+    from types import SimpleNamespace
+
+    import pytest
+
+    from dispy_core.client.job import DispyJob
+    from dispy_core.client.recover_jobs import _NodeRecovery
+    from dispy_core.protocol import messages as m
+    from dispy_core.status import JobStatus
+
+    recovery = _NodeRecovery.__new__(_NodeRecovery)
+    recovery.program = False
+    channel: object = SimpleNamespace(session=SimpleNamespace(loads=pickle.loads))
+    job = DispyJob(7, (), {})
+    original = ValueError("bad value 7")
+    msg = m.JobResult("comp", 7, int(JobStatus.Terminated), pickle.dumps(None), b"", b"",
+                      "Traceback ...\nValueError: bad value 7\n", 1.0, 2.0,
+                      exception_object=base64.b64encode(pickle.dumps(original)).decode("ascii"))
+    recovery._fill(job, channel, msg)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="bad value 7"):
+        job.future.result(timeout=1)
