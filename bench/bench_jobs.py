@@ -1,15 +1,16 @@
-"""Job throughput, latency and argument bandwidth: dispy on a local dispynode vs ProcessPoolExecutor(2).
+"""Job throughput, latency and argument bandwidth: dispy on a local dispynode vs ProcessPoolExecutor(2),
+and loky, Ray and Dask when they are installed.
 
-Run ``python bench/bench_jobs.py [--jobs N] [--executor fork|spawn|fork,spawn] [--quick]`` from the
-project root. Everything runs on 127.0.0.1; the node is a child process stopped (by PID) at the end.
+Run ``python bench/bench_jobs.py [--jobs N] [--executor fork|spawn|fork,spawn] [--quick] [--many [N]]`` from
+the project root. Everything runs on 127.0.0.1; the node is a child process stopped (by PID) at the end.
 Results are printed as a table and written to ``bench/results/last.json``. See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime
+import gc
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import traceback
+import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -34,6 +36,8 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere without installing the project
     sys.path.insert(0, str(ROOT))
 
+from _libraries import OTHERS, Library, ProcessPool  # noqa: E402  (bench/, the script's directory)
+
 import dispy  # noqa: E402
 from dispy_core.testing.nodes import NodeProcess, start_node  # noqa: E402
 
@@ -42,6 +46,10 @@ NODE_CPUS = 2
 SECRET = "bench-secret"
 WAIT_TIMEOUT = 1800.0
 TARGETS = {"throughput_jobs_s": 1000.0, "latency_median_ms": 2.0, "big_mib_s": 300.0}
+RATIO_TARGETS = {"reuse_throughput": 1.0, "reuse_latency": 2.0, "reuse_big": 1.5, "fresh_ceiling_share": 0.5,
+                 "fresh_latency_ms": 1.0, "many_seconds": 1.2}
+"""Issue 14's targets, as ratios to the baseline of the same run (and the fork ceiling it measures)."""
+MANY_DEFAULT = 100_000
 
 
 def double(x: int) -> int:
@@ -63,6 +71,14 @@ class Sizes:
     big_jobs: int = 100
     big_bytes: int = MIB
     warmup: int = 20
+    many: int = 0
+    """Tiny jobs of the --many run (0: not run)."""
+    many_memory: int = 10_000
+    """Tiny jobs of the --many run's second pass, under tracemalloc, for the memory per held job (at most many)."""
+    many_all: bool = False
+    """The --many run also on dispy with a process per job, Ray and Dask (slow)."""
+    standard: bool = True
+    """The standard workloads (False with --many-only)."""
 
 
 @dataclass
@@ -81,6 +97,10 @@ class Result:
     client_cpu_ms_per_job: float | None = None
     node_cpu_ms_per_job: float | None = None
     workers_cpu_ms_per_job: float | None = None
+    many_seconds: float | None = None
+    many_kib_per_job: float | None = None
+    unavailable: str = ""
+    """Why this contender was not measured (not installed), shown in the table."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -137,6 +157,23 @@ def progress(text: str) -> None:
     print(f"  .. {text}", file=sys.stderr, flush=True)
 
 
+def traced_kib_per_job(run: Callable[[int], Any], jobs: int) -> float:
+    """KiB of Python memory still allocated, per job, while the program holds what ``run(jobs)`` returned
+    (the jobs or futures, with their results), over what was allocated before it: traced by tracemalloc, so
+    free heap left by earlier phases does not hide it, as it would from a resident-size difference."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = run(jobs)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del held
+    return (after - before) / 1024 / jobs
+
+
 # ====================================================================== dispy
 class DispyContender:
     """dispy's JobCluster against one dispynode (``NODE_CPUS`` CPUs, the given executor) on loopback."""
@@ -160,69 +197,99 @@ class DispyContender:
 
     def cluster(self, compute: Callable[..., Any]) -> dispy.JobCluster:
         assert self.node is not None
-        extra = {"jobs_per_process": self.jobs_per_process} if self.jobs_per_process > 1 else {}
+        extra: dict[str, Any] = {"jobs_per_process": self.jobs_per_process} if self.jobs_per_process > 1 else {}
         return dispy.JobCluster(compute, nodes=["127.0.0.1"], host="127.0.0.1", dispy_port=self.node.base_port,
                                 secret=SECRET, loglevel=logging.WARNING, **extra)
 
     def run(self, sizes: Sizes) -> Result:
         result = Result(self.name)
         node = self.start()
-        node_proc = psutil.Process(node.proc.pid)
         with quiet_dispy():
-            cluster = self.cluster(double)
-            try:
-                _check(self._batch(cluster, list(range(sizes.warmup)), double), result, "warm-up")
-                # (a) + (c): throughput of tiny jobs and what each costs in CPU
-                progress(f"{result.name}: {sizes.jobs} tiny jobs")
-                client0, node0, tree0 = time.process_time(), cpu_seconds(node_proc), tree_cpu(node_proc)
-                start = time.perf_counter()
-                jobs = [cluster.submit(i) for i in range(sizes.jobs)]
-                done = cluster.wait(WAIT_TIMEOUT)
-                elapsed = time.perf_counter() - start
-                client1, node1, tree1 = time.process_time(), cpu_seconds(node_proc), tree_cpu(node_proc)
-                if not done:
-                    result.errors.append(f"tiny jobs not done after {WAIT_TIMEOUT} s")
-                _check([_dispy_outcome(j, double(i)) for i, j in enumerate(jobs)], result, "tiny jobs")
-                result.throughput_seconds = elapsed
-                result.throughput_jobs_s = sizes.jobs / elapsed
-                result.client_cpu_ms_per_job = (client1 - client0) * 1000 / sizes.jobs
-                result.node_cpu_ms_per_job = (node1 - node0) * 1000 / sizes.jobs
-                result.workers_cpu_ms_per_job = tree_delta(tree0, tree1) * 1000 / sizes.jobs
-                # (a) latency, one job at a time
-                progress(f"{result.name}: {sizes.latency_jobs} sequential jobs")
-                lat: list[float] = []
-                on_node: list[float] = []
-                for i in range(sizes.latency_jobs):
-                    t0 = time.perf_counter()
-                    job = cluster.submit(i)
-                    value = job(timeout=WAIT_TIMEOUT) if job is not None else None
-                    lat.append(time.perf_counter() - t0)
-                    _check([_dispy_outcome(job, double(i), value)], result, "latency jobs")
-                    if job is not None and job.start_time and job.end_time:
-                        on_node.append(job.end_time - job.start_time)
-                _latency(result, lat)
-                if on_node:
-                    result.exec_median_ms = statistics.median(on_node) * 1000
-            finally:
-                cluster.close(timeout=60, terminate=True)
-            # (b) 1 MiB arguments
-            progress(f"{result.name}: {sizes.big_jobs} jobs with {sizes.big_bytes} B arguments")
-            cluster = self.cluster(length)
-            try:
-                payload = os.urandom(sizes.big_bytes)
-                _check(self._batch(cluster, [payload] * 2, length), result, "big warm-up")
-                start = time.perf_counter()
-                jobs = [cluster.submit(payload) for _ in range(sizes.big_jobs)]
-                done = cluster.wait(WAIT_TIMEOUT)
-                elapsed = time.perf_counter() - start
-                if not done:
-                    result.errors.append(f"big jobs not done after {WAIT_TIMEOUT} s")
-                _check([_dispy_outcome(j, sizes.big_bytes) for j in jobs], result, "big jobs")
-                result.big_seconds = elapsed
-                result.big_mib_s = sizes.big_jobs * sizes.big_bytes / MIB / elapsed
-            finally:
-                cluster.close(timeout=60, terminate=True)
+            if sizes.standard:
+                self._standard(sizes, result, psutil.Process(node.proc.pid))
+            if sizes.many and (self.jobs_per_process > 1 or sizes.many_all):
+                self._many(sizes, result)
         return result
+
+    def _standard(self, sizes: Sizes, result: Result, node_proc: psutil.Process) -> None:
+        cluster = self.cluster(double)
+        try:
+            _check(self._batch(cluster, list(range(sizes.warmup)), double), result, "warm-up")
+            # (a) + (c): throughput of tiny jobs and what each costs in CPU
+            progress(f"{result.name}: {sizes.jobs} tiny jobs")
+            client0, node0, tree0 = time.process_time(), cpu_seconds(node_proc), tree_cpu(node_proc)
+            start = time.perf_counter()
+            jobs = [cluster.submit(i) for i in range(sizes.jobs)]
+            done = cluster.wait(WAIT_TIMEOUT)
+            elapsed = time.perf_counter() - start
+            client1, node1, tree1 = time.process_time(), cpu_seconds(node_proc), tree_cpu(node_proc)
+            if not done:
+                result.errors.append(f"tiny jobs not done after {WAIT_TIMEOUT} s")
+            _check([_dispy_outcome(j, double(i)) for i, j in enumerate(jobs)], result, "tiny jobs")
+            result.throughput_seconds = elapsed
+            result.throughput_jobs_s = sizes.jobs / elapsed
+            result.client_cpu_ms_per_job = (client1 - client0) * 1000 / sizes.jobs
+            result.node_cpu_ms_per_job = (node1 - node0) * 1000 / sizes.jobs
+            result.workers_cpu_ms_per_job = tree_delta(tree0, tree1) * 1000 / sizes.jobs
+            # (a) latency, one job at a time
+            progress(f"{result.name}: {sizes.latency_jobs} sequential jobs")
+            lat: list[float] = []
+            on_node: list[float] = []
+            for i in range(sizes.latency_jobs):
+                t0 = time.perf_counter()
+                job = cluster.submit(i)
+                value = job(timeout=WAIT_TIMEOUT) if job is not None else None
+                lat.append(time.perf_counter() - t0)
+                _check([_dispy_outcome(job, double(i), value)], result, "latency jobs")
+                if job is not None and job.start_time and job.end_time:
+                    on_node.append(job.end_time - job.start_time)
+            _latency(result, lat)
+            if on_node:
+                result.exec_median_ms = statistics.median(on_node) * 1000
+        finally:
+            cluster.close(timeout=60, terminate=True)
+        # (b) 1 MiB arguments
+        progress(f"{result.name}: {sizes.big_jobs} jobs with {sizes.big_bytes} B arguments")
+        cluster = self.cluster(length)
+        try:
+            payload = os.urandom(sizes.big_bytes)
+            _check(self._batch(cluster, [payload] * 2, length), result, "big warm-up")
+            start = time.perf_counter()
+            jobs = [cluster.submit(payload) for _ in range(sizes.big_jobs)]
+            done = cluster.wait(WAIT_TIMEOUT)
+            elapsed = time.perf_counter() - start
+            if not done:
+                result.errors.append(f"big jobs not done after {WAIT_TIMEOUT} s")
+            _check([_dispy_outcome(j, sizes.big_bytes) for j in jobs], result, "big jobs")
+            result.big_seconds = elapsed
+            result.big_mib_s = sizes.big_jobs * sizes.big_bytes / MIB / elapsed
+        finally:
+            cluster.close(timeout=60, terminate=True)
+
+    def _many(self, sizes: Sizes, result: Result) -> None:
+        """(d) ``sizes.many`` tiny jobs submitted at once: the wall time; then, in a second pass under
+        tracemalloc, the client's memory per job the program holds."""
+        cluster = self.cluster(double)
+        try:
+            _check(self._batch(cluster, list(range(sizes.warmup)), double), result, "many warm-up")
+
+            def run(jobs: int) -> list[dispy.DispyJob | None]:
+                submitted = [cluster.submit(i) for i in range(jobs)]
+                if not cluster.wait(WAIT_TIMEOUT):
+                    result.errors.append(f"{jobs} tiny jobs not done after {WAIT_TIMEOUT} s")
+                _check([_dispy_outcome(j, double(i)) for i, j in enumerate(submitted)], result, "many tiny jobs")
+                return submitted
+
+            progress(f"{result.name}: {sizes.many} tiny jobs")
+            start = time.perf_counter()
+            held = run(sizes.many)
+            result.many_seconds = time.perf_counter() - start
+            del held
+            memory_jobs = min(sizes.many, sizes.many_memory)
+            progress(f"{result.name}: {memory_jobs} tiny jobs under tracemalloc")
+            result.many_kib_per_job = traced_kib_per_job(run, memory_jobs)
+        finally:
+            cluster.close(timeout=60, terminate=True)
 
     @staticmethod
     def _batch(cluster: dispy.JobCluster, args: list[Any], compute: Callable[..., Any]) -> list[str | None]:
@@ -255,53 +322,86 @@ def _latency(result: Result, seconds: list[float]) -> None:
     result.latency_min_ms = min(seconds) * 1000
 
 
-# ====================================================================== baseline
-def run_baseline(sizes: Sizes) -> Result:
-    """The same workloads on ``concurrent.futures.ProcessPoolExecutor(NODE_CPUS)``."""
-    result = Result(f"ProcessPool({NODE_CPUS})")
+# ====================================================================== the pool and the other libraries
+def run_library(lib: Library, sizes: Sizes) -> Result:
+    """The same workloads on a futures-like library: the baseline (``ProcessPoolExecutor(2)``), loky, Ray, Dask."""
+    result = Result(lib.name)
+    missing = lib.missing()
+    if missing:
+        result.unavailable = missing
+        return result
+    progress(f"{lib.name}: starting")
     me = psutil.Process()
-    with concurrent.futures.ProcessPoolExecutor(NODE_CPUS) as pool:
-        _check([_future_outcome(f, double(i)) for i, f in
-                enumerate([pool.submit(double, i) for i in range(max(sizes.warmup, NODE_CPUS))])], result, "warm-up")
-        progress(f"{result.name}: {sizes.jobs} tiny jobs")
-        client0, tree0 = time.process_time(), tree_cpu(me)
-        start = time.perf_counter()
-        futures = [pool.submit(double, i) for i in range(sizes.jobs)]
-        concurrent.futures.wait(futures, WAIT_TIMEOUT)
-        elapsed = time.perf_counter() - start
-        client1, tree1 = time.process_time(), tree_cpu(me)
-        _check([_future_outcome(f, double(i)) for i, f in enumerate(futures)], result, "tiny jobs")
-        result.throughput_seconds = elapsed
-        result.throughput_jobs_s = sizes.jobs / elapsed
-        result.client_cpu_ms_per_job = (client1 - client0) * 1000 / sizes.jobs
-        result.workers_cpu_ms_per_job = tree_delta(tree0, tree1) * 1000 / sizes.jobs
-
-        progress(f"{result.name}: {sizes.latency_jobs} sequential jobs")
-        lat: list[float] = []
-        for i in range(sizes.latency_jobs):
-            t0 = time.perf_counter()
-            future = pool.submit(double, i)
-            future.result(WAIT_TIMEOUT)
-            lat.append(time.perf_counter() - t0)
-            _check([_future_outcome(future, double(i))], result, "latency jobs")
-        _latency(result, lat)
-
-        progress(f"{result.name}: {sizes.big_jobs} jobs with {sizes.big_bytes} B arguments")
-        payload = os.urandom(sizes.big_bytes)
-        _check([_future_outcome(pool.submit(length, payload), sizes.big_bytes)], result, "big warm-up")
-        start = time.perf_counter()
-        futures = [pool.submit(length, payload) for _ in range(sizes.big_jobs)]
-        concurrent.futures.wait(futures, WAIT_TIMEOUT)
-        elapsed = time.perf_counter() - start
-        _check([_future_outcome(f, sizes.big_bytes) for f in futures], result, "big jobs")
-        result.big_seconds = elapsed
-        result.big_mib_s = sizes.big_jobs * sizes.big_bytes / MIB / elapsed
+    lib.start()
+    try:
+        warm = max(sizes.warmup, NODE_CPUS)
+        _check([_future_outcome(lib, h, double(i)) for i, h in enumerate([lib.submit(double, i) for i in range(warm)])],
+               result, "warm-up")
+        if sizes.standard:
+            _standard_library(lib, sizes, result, me)
+        if sizes.many and (isinstance(lib, ProcessPool) or sizes.many_all):
+            _many_library(lib, sizes, result)
+    finally:
+        lib.stop()
     return result
 
 
-def _future_outcome(future: concurrent.futures.Future[Any], expected: Any) -> str | None:
+def _standard_library(lib: Library, sizes: Sizes, result: Result, me: psutil.Process) -> None:
+    progress(f"{result.name}: {sizes.jobs} tiny jobs")
+    client0, tree0 = time.process_time(), tree_cpu(me)
+    start = time.perf_counter()
+    handles = [lib.submit(double, i) for i in range(sizes.jobs)]
+    lib.wait(handles, WAIT_TIMEOUT)
+    elapsed = time.perf_counter() - start
+    client1, tree1 = time.process_time(), tree_cpu(me)
+    _check([_future_outcome(lib, h, double(i)) for i, h in enumerate(handles)], result, "tiny jobs")
+    result.throughput_seconds = elapsed
+    result.throughput_jobs_s = sizes.jobs / elapsed
+    result.client_cpu_ms_per_job = (client1 - client0) * 1000 / sizes.jobs
+    result.workers_cpu_ms_per_job = tree_delta(tree0, tree1) * 1000 / sizes.jobs
+
+    progress(f"{result.name}: {sizes.latency_jobs} sequential jobs")
+    lat: list[float] = []
+    for i in range(sizes.latency_jobs):
+        t0 = time.perf_counter()
+        handle = lib.submit(double, i)
+        lib.result(handle, WAIT_TIMEOUT)
+        lat.append(time.perf_counter() - t0)
+        _check([_future_outcome(lib, handle, double(i))], result, "latency jobs")
+    _latency(result, lat)
+
+    progress(f"{result.name}: {sizes.big_jobs} jobs with {sizes.big_bytes} B arguments")
+    payload = os.urandom(sizes.big_bytes)
+    _check([_future_outcome(lib, lib.submit(length, payload), sizes.big_bytes)], result, "big warm-up")
+    start = time.perf_counter()
+    handles = [lib.submit(length, payload) for _ in range(sizes.big_jobs)]
+    lib.wait(handles, WAIT_TIMEOUT)
+    elapsed = time.perf_counter() - start
+    _check([_future_outcome(lib, h, sizes.big_bytes) for h in handles], result, "big jobs")
+    result.big_seconds = elapsed
+    result.big_mib_s = sizes.big_jobs * sizes.big_bytes / MIB / elapsed
+
+
+def _many_library(lib: Library, sizes: Sizes, result: Result) -> None:
+    def run(jobs: int) -> list[Any]:
+        handles = [lib.submit(double, i) for i in range(jobs)]
+        lib.wait(handles, WAIT_TIMEOUT)
+        _check([_future_outcome(lib, h, double(i)) for i, h in enumerate(handles)], result, "many tiny jobs")
+        return handles
+
+    progress(f"{result.name}: {sizes.many} tiny jobs")
+    start = time.perf_counter()
+    held = run(sizes.many)
+    result.many_seconds = time.perf_counter() - start
+    del held
+    memory_jobs = min(sizes.many, sizes.many_memory)
+    progress(f"{result.name}: {memory_jobs} tiny jobs under tracemalloc")
+    result.many_kib_per_job = traced_kib_per_job(run, memory_jobs)
+
+
+def _future_outcome(lib: Library, handle: Any, expected: Any) -> str | None:
     try:
-        got = future.result(WAIT_TIMEOUT)
+        got = lib.result(handle, WAIT_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return f"{type(exc).__name__}: {exc}"
     return None if got == expected else f"returned {got!r:.60}, expected {expected!r:.60}"
@@ -322,12 +422,22 @@ ROWS: list[tuple[str, str, str, bool]] = [
 ]
 
 
+def rows_for(sizes: Sizes) -> list[tuple[str, str, str, bool]]:
+    """The table's rows: the standard ones, and those of the --many run when it was asked for."""
+    rows = list(ROWS) if sizes.standard else []
+    if sizes.many:
+        rows += [(f"{sizes.many} tiny jobs, wall (s)", "many_seconds", "{:.1f}", False),
+                 ("  client memory per held job (KiB)", "many_kib_per_job", "{:.2f}", False)]
+    return rows
+
+
 def _fmt(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def table(baseline: Result | None, contenders: list[Result]) -> str:
-    """The side-by-side table; each dispy column is followed by its ratio to the baseline."""
+def table(baseline: Result | None, contenders: list[Result], rows_spec: list[tuple[str, str, str, bool]]) -> str:
+    """The side-by-side table; each contender's column is followed by its ratio to the baseline. A contender
+    that could not be measured says why in its first cell."""
     header = ["metric"]
     if baseline is not None:
         header.append(baseline.name)
@@ -336,14 +446,14 @@ def table(baseline: Result | None, contenders: list[Result]) -> str:
         if baseline is not None:
             header.append("ratio")
     rows = [header]
-    for label, attr, fmt, _higher in ROWS:
+    for index, (label, attr, fmt, _higher) in enumerate(rows_spec):
         row = [label]
         base = getattr(baseline, attr) if baseline is not None else None
         if baseline is not None:
             row.append(_fmt(base, fmt))
         for res in contenders:
             value = getattr(res, attr)
-            row.append(_fmt(value, fmt))
+            row.append(res.unavailable.split(" (")[0] if res.unavailable and index == 0 else _fmt(value, fmt))
             if baseline is not None:
                 row.append(f"{value / base:.2f}x" if value is not None and base else "-")
         rows.append(row)
@@ -371,6 +481,39 @@ def target_lines(contenders: list[Result]) -> list[str]:
             verdict = "n/a" if value is None else ("MET" if ok(value) else "MISSED")
             parts.append(f"{label} {_fmt(value, fmt)} ({goal}: {verdict})")
         out.append(f"targets {res.name}: " + "; ".join(parts))
+    return out
+
+
+def ratio_target_lines(baseline: Result | None, contenders: list[Result], ceiling: dict[str, float]) -> list[str]:
+    """Issue 14's targets per dispy contender: with reused job processes, ratios to the pool of this run; with a
+    process per job, the share of the fork ceiling and the median latency."""
+    out = []
+    for res in contenders:
+        parts: list[str] = []
+        if "jpp=" in res.name:
+            checks = [("tiny jobs", "throughput_jobs_s", ">=", RATIO_TARGETS["reuse_throughput"]),
+                      ("median latency", "latency_median_ms", "<=", RATIO_TARGETS["reuse_latency"]),
+                      ("1 MiB args", "big_mib_s", ">=", RATIO_TARGETS["reuse_big"]),
+                      ("many tiny jobs' time", "many_seconds", "<=", RATIO_TARGETS["many_seconds"])]
+            for label, attr, sense, goal in checks:
+                value, base = getattr(res, attr), getattr(baseline, attr, None) if baseline is not None else None
+                if value is None or not base:
+                    continue
+                ratio = value / base
+                met = ratio >= goal if sense == ">=" else ratio <= goal
+                parts.append(f"{label} {ratio:.2f}x the pool ({sense} {goal:g}x: {'MET' if met else 'MISSED'})")
+        else:
+            if res.throughput_jobs_s is not None and ceiling.get("max_jobs_s"):
+                share = res.throughput_jobs_s / ceiling["max_jobs_s"]
+                goal = RATIO_TARGETS["fresh_ceiling_share"]
+                parts.append(f"tiny jobs {share:.2f} of the fork ceiling (>= {goal:g}: "
+                             f"{'MET' if share >= goal else 'MISSED'})")
+            if res.latency_median_ms is not None:
+                goal = RATIO_TARGETS["fresh_latency_ms"]
+                parts.append(f"median latency {res.latency_median_ms:.2f} ms (< {goal:g} ms: "
+                             f"{'MET' if res.latency_median_ms < goal else 'MISSED'})")
+        if parts:
+            out.append(f"issue 14 targets {res.name}: " + "; ".join(parts))
     return out
 
 
@@ -442,6 +585,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "a fresh process per job, the default, and reused job processes)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CI smoke run")
     parser.add_argument("--no-baseline", action="store_true", help="skip ProcessPoolExecutor")
+    parser.add_argument("--others", default=None,
+                        help=f"other libraries to measure, a comma list of {', '.join(OTHERS)} or 'none' (default: "
+                             f"all of them, each when installed; with --quick: loky)")
+    parser.add_argument("--many", type=int, nargs="?", const=MANY_DEFAULT, default=0, metavar="N",
+                        help=f"also run N tiny jobs at once (default N: {MANY_DEFAULT}) on the pool, loky and dispy "
+                             f"with reused job processes: wall time and the client's memory per job it holds")
+    parser.add_argument("--many-only", action="store_true", help="only the --many run (implies --many)")
+    parser.add_argument("--many-all", action="store_true",
+                        help="the --many run also on dispy with a process per job, Ray and Dask (minutes)")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "last.json", help="where to write results")
     args = parser.parse_args(argv)
     if any(n is not None and n < 1 for n in (args.jobs, args.latency_jobs, args.big_jobs)):
@@ -452,6 +604,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--jobs-per-process takes integers, not {args.jobs_per_process!r}")
     if not args.jpp or min(args.jpp) < 1:
         parser.error("--jobs-per-process values must be at least 1")
+    if args.many < 0:
+        parser.error("--many takes a number of jobs of at least 1")
+    if (args.many_only or args.many_all) and not args.many:
+        args.many = MANY_DEFAULT
+    others = args.others if args.others is not None else ("loky" if args.quick else ",".join(OTHERS))
+    args.other_names = [] if others.strip() == "none" else [o.strip() for o in others.split(",") if o.strip()]
+    unknown = [o for o in args.other_names if o not in OTHERS]
+    if unknown:
+        parser.error(f"--others: unknown {', '.join(unknown)}; known: {', '.join(OTHERS)} (or 'none')")
     return args
 
 
@@ -460,6 +621,9 @@ def sizes_for(args: argparse.Namespace) -> Sizes:
     sizes.jobs = args.jobs or sizes.jobs
     sizes.latency_jobs = args.latency_jobs or sizes.latency_jobs
     sizes.big_jobs = args.big_jobs or sizes.big_jobs
+    sizes.many = args.many
+    sizes.many_all = args.many_all
+    sizes.standard = not args.many_only
     return sizes
 
 
@@ -472,16 +636,14 @@ def main(argv: list[str] | None = None) -> int:
           f"({info['implementation']}), {info['platform']}; dispy {info['dispy_version']}")
     print(f"sizes: {sizes.jobs} tiny jobs, {sizes.latency_jobs} sequential jobs, {sizes.big_jobs} x "
           f"{sizes.big_bytes // 1024} KiB args; node: {NODE_CPUS} CPUs on 127.0.0.1; "
-          f"executors: {', '.join(executors)}; jobs_per_process: {', '.join(map(str, args.jpp))}")
+          f"executors: {', '.join(executors)}; jobs_per_process: {', '.join(map(str, args.jpp))}; "
+          f"others: {', '.join(args.other_names) or 'none'}"
+          + (f"; --many: {sizes.many} tiny jobs" if sizes.many else "") + ("" if sizes.standard else " only"))
     sys.stdout.flush()
 
     baseline: Result | None = None
     if not args.no_baseline:
-        try:
-            baseline = run_baseline(sizes)
-        except Exception as exc:  # noqa: BLE001 - reported in the output
-            baseline = Result(f"ProcessPool({NODE_CPUS})", errors=[f"crashed: {exc!r}"])
-            traceback.print_exc()
+        baseline = _run_safely(ProcessPool(), sizes)
     contenders: list[Result] = []
     for executor in executors:
         for jpp in args.jpp:
@@ -494,20 +656,26 @@ def main(argv: list[str] | None = None) -> int:
                 contenders.append(Result(contender.name, errors=[f"crashed: {exc!r}", log_tail]))
             finally:
                 contender.stop()
+    others = [_run_safely(OTHERS[name](), sizes) for name in args.other_names]
 
     ceiling = fork_ceiling(60 if args.quick else 300)
     print()
-    print(table(baseline, contenders))
+    print(table(baseline, contenders + others, rows_for(sizes)))
     print()
-    for line in target_lines(contenders):
+    for res in others:
+        if res.unavailable:
+            print(f"{res.name}: {res.unavailable}")
+    for line in target_lines(contenders) if sizes.standard else []:
+        print(line)
+    for line in ratio_target_lines(baseline, contenders, ceiling):
         print(line)
     print(f"fork ceiling on this machine: one fork+exit+reap of a job-host-sized process costs "
           f"{ceiling['cpu_ms']:.2f} ms CPU ({ceiling['parent_cpu_ms']:.2f} parent + {ceiling['child_cpu_ms']:.2f} "
           f"child), so one process per job cannot exceed ~{ceiling['max_jobs_s']:.0f} jobs/s on "
           f"{os.cpu_count()} CPUs even with zero other work")
     if baseline is not None:
-        print("ratios are dispy / baseline: above 1x is better for jobs/s and MiB/s, worse for ms")
-    failures = [(r.name, e) for r in ([baseline] if baseline else []) + contenders for e in r.errors]
+        print("ratios are contender / baseline: above 1x is better for jobs/s and MiB/s, worse for s, ms and KiB")
+    failures = [(r.name, e) for r in ([baseline] if baseline else []) + contenders + others for e in r.errors]
     for name, error in failures:
         print(f"ERROR {name}: {error}")
 
@@ -519,13 +687,24 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": asdict(sizes),
         "node_cpus": NODE_CPUS,
         "targets": TARGETS,
+        "ratio_targets": RATIO_TARGETS,
         "baseline": asdict(baseline) if baseline else None,
         "dispy": [asdict(r) for r in contenders],
+        "others": [asdict(r) for r in others],
         "fork_ceiling": ceiling,
     }
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {args.json}")
     return 1 if failures else 0
+
+
+def _run_safely(lib: Library, sizes: Sizes) -> Result:
+    """``run_library``, with a crash reported in the table instead of ending the run."""
+    try:
+        return run_library(lib, sizes)
+    except Exception as exc:  # noqa: BLE001 - reported in the output
+        traceback.print_exc()
+        return Result(lib.name, errors=[f"crashed: {exc!r}"])
 
 
 if __name__ == "__main__":
