@@ -3,8 +3,12 @@ uses a few of them as it uses real nodes, and every result arrives."""
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +17,7 @@ from dispy_core.testing.simnode import SimNodeProcess, check_loopback, start_sim
 from dispy_core.testing.waiting import wait_for
 
 SECRET = "simnode-test-secret"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def double_or_fail(x: int) -> int:
@@ -64,3 +69,17 @@ def test_only_loopback_is_served() -> None:
     for host in ("0.0.0.0", "192.0.2.1", "localhost-ish", ""):
         with pytest.raises(ValueError, match="loopback"):
             check_loopback(host)
+
+
+@pytest.mark.timeout(150)
+def test_bench_scale_quick_runs(tmp_path: Path) -> None:
+    """bench/bench_scale.py --quick: a real node and simulated ones, every job checked, a row per count and series."""
+    out_json = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_scale.py"), "--quick", "--json", str(out_json)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "client CPU ms/job" in proc.stdout and "issue 14 target (mixed)" in proc.stdout
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [(r["series"], r["nodes"], r["real"]) for r in rows] == [("mixed", 1, 1), ("mixed", 8, 1),
+                                                                    ("simulated", 1, 0), ("simulated", 8, 0)]
+    assert all(not r["errors"] and r["client_cpu_ms_per_job"] > 0 for r in rows)
