@@ -1,6 +1,7 @@
 """A real headless Chromium (Debian's ``/usr/bin/chromium``) driven by playwright, for the web pages' tests.
 
-``browser`` is one Chromium for the session, launched by playwright with a fresh temporary profile (user data
+``browser`` is one Chromium per test module (not per session: playwright's sync API keeps an event loop
+running in the main thread while it lives, which the other tests would see), launched by playwright with a fresh temporary profile (user data
 dir) of its own; ``page`` is a new browser context (no cookies, no cache) and page per test. Playwright never
 downloads a browser here (no ``playwright install``). Without chromium or playwright the tests FAIL and say
 what to install: a browser test that skips would prove nothing.
@@ -22,7 +23,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
         pytest.fail(f"the browser tests need Chromium at {CHROMIUM}: install it with "
