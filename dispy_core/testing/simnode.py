@@ -13,13 +13,14 @@ What each message gets (the answers a real node gives, minus the executor)::
     FileChunk         -> FileAck for the last chunk of a file (the data is dropped)
     ComputationSetup  -> ComputationReady with the CPUs granted, once the function is loaded ("apply")
     JobSubmit         -> JobResult, Finished, with the answer (see below); JobRefused if not set up
+                         (preceded by JobStarted for a computation that asks: a dispyscheduler's)
     Ping              -> Pong;  ComputationClose -> ComputationClosed;  JobsRecover -> JobsRecovered (none)
     JobCancel, ResultsAck, Pong: nothing (jobs end at once, so there is nothing to cancel or keep)
 
 The answer is, with ``answer="apply"``, the computation's function applied to the job's arguments in this
-process (so a test can check every result), or with ``answer="none"``, ``None`` serialized once for every
-job (the least work here). Both are loaded and dumped with the serializer the client named, only after the
-client proved the secret. Results of one read leave in one write.
+process (so a test can check every result), or with ``answer="none"``, ``None`` serialized once for every job
+(the least work here). Arguments are loaded only after the client proved the secret. Results of one read
+leave in one write. A computation opened with a ``pulse_interval`` gets a ``Pulse`` that often.
 
 Run them in their own process so that their CPU is not counted as the client's::
 
@@ -90,6 +91,8 @@ class _Computation:
     kind: str
     code: bytes
     cpus: int
+    announce: bool = False
+    """A dispyscheduler's computation: each job's start is announced (JobStarted) before its result."""
     function: Callable[..., Any] | None = None
     ready: bool = False
 
@@ -159,9 +162,13 @@ class _Node:
                                                    error=f"computation {msg.comp_id} is already open on this node"))
             return
         cpus = min(msg.cpus, self.group.cpus) if msg.cpus > 0 else self.group.cpus
-        self.comps[msg.comp_id] = _Computation(msg.comp_id, msg.kind, bytes(msg.code), cpus)
+        self.comps[msg.comp_id] = _Computation(msg.comp_id, msg.kind, bytes(msg.code), cpus,
+                                               announce=msg.options.get("announce_starts") is True)
         self.group.owner[(self.port, msg.comp_id)] = channel
         self.group.stats.computations += 1
+        interval = msg.options.get("pulse_interval")
+        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
+            self.group.pulse(channel, max(0.1, float(interval)))
         channel.send_nowait(m.ComputationReady(msg.req_id, msg.comp_id, True, cpus=cpus,
                                                dest_path=f"simulated/{msg.comp_id}"))
 
@@ -194,6 +201,8 @@ class _Node:
                                              RefusalReason.NOT_READY.value))
             return
         start = time.time()
+        if comp.announce:
+            channel.send_nowait(m.JobStarted(msg.comp_id, msg.job_uid, start))
         status, result, exception = self._answer(channel, comp, msg.args)
         stats = self.group.stats
         stats.jobs += 1
@@ -278,6 +287,7 @@ class SimulatedNodes:
         self.owner: dict[tuple[int, str], Channel] = {}
         self.stats = SimStats()
         self._held: set[Channel] = set()
+        self._pulsing: dict[Channel, asyncio.Task[None]] = {}
 
     @property
     def ports(self) -> list[int]:
@@ -290,7 +300,22 @@ class SimulatedNodes:
             node.port = node.listener.address[1]
         return self.ports
 
+    def pulse(self, channel: Channel, interval: float) -> None:
+        """Send ``channel`` a Pulse every ``interval`` s until it closes (once per connection, as a node does)."""
+        if channel not in self._pulsing:
+            self._pulsing[channel] = asyncio.ensure_future(self._pulse_loop(channel, interval))
+
+    async def _pulse_loop(self, channel: Channel, interval: float) -> None:
+        try:
+            while not channel.closed:
+                await asyncio.sleep(interval)
+                channel.send_nowait(m.Pulse(busy=0, avail_cpus=self.cpus))
+        finally:
+            self._pulsing.pop(channel, None)
+
     async def stop(self) -> None:
+        for task in list(self._pulsing.values()):
+            task.cancel()
         for channel in list(self.channels):
             await channel.close("simulated node stopping")
         for node in self.nodes:

@@ -3,6 +3,7 @@ uses a few of them as it uses real nodes, and every result arrives."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 
 import dispy
-from dispy_core.testing.simnode import SimNodeProcess, check_loopback, start_simulated_nodes
+from dispy_core.channel import Channel
+from dispy_core.protocol import messages as m
+from dispy_core.testing.simnode import SimNodeProcess, SimulatedNodes, check_loopback, start_simulated_nodes
 from dispy_core.testing.waiting import wait_for
 
 SECRET = "simnode-test-secret"
@@ -83,3 +86,40 @@ def test_bench_scale_quick_runs(tmp_path: Path) -> None:
     assert [(r["series"], r["nodes"], r["real"]) for r in rows] == [("mixed", 1, 1), ("mixed", 8, 1),
                                                                     ("simulated", 1, 0), ("simulated", 8, 0)]
     assert all(not r["errors"] and r["client_cpu_ms_per_job"] > 0 for r in rows)
+
+
+def test_in_process_nodes_announce_starts_and_pulse() -> None:
+    """SimulatedNodes in a loop of the caller's, driven by a bare Channel: a scheduler's computation (announce_starts)
+    gets JobStarted before each JobResult, and one with a pulse_interval gets pulses."""
+
+    async def scenario() -> list[m.Message]:
+        group = SimulatedNodes(1, cpus=2, secret=SECRET, answer="none")
+        [port] = await group.start()
+        try:
+            ser = group.serializer
+            channel = await Channel.connect(group.transport, "127.0.0.1", port, secret=SECRET,
+                                            serializers={ser.name: ser}, serializer=ser.name, timeout=10)
+            heard: asyncio.Queue[m.Message] = asyncio.Queue()
+            reader = asyncio.ensure_future(channel.run(heard.put_nowait))
+            opened = await channel.request(m.ComputationOpen(
+                req_id=channel.next_req_id(), comp_id="c1", name="c", kind="function", cpus=1,
+                options={"announce_starts": True, "pulse_interval": 0.1}), 10)
+            assert isinstance(opened, m.ComputationReady) and opened.ok and opened.cpus == 1
+            ready = await channel.request(m.ComputationSetup(channel.next_req_id(), "c1"), 10)
+            assert isinstance(ready, m.ComputationReady) and ready.ok
+            channel.send_nowait(m.JobSubmit("c1", 7, ser.dumps(((1,), {}))))
+            got: list[m.Message] = []
+            async with asyncio.timeout(20):
+                while not {m.JobStarted, m.JobResult, m.Pulse} <= {type(msg) for msg in got}:
+                    got.append(await heard.get())
+            await channel.close()
+            await reader
+            return got
+        finally:
+            await group.stop()
+
+    got = asyncio.run(scenario())
+    kinds = [type(msg) for msg in got]
+    assert kinds.index(m.JobStarted) < kinds.index(m.JobResult)
+    result = next(msg for msg in got if isinstance(msg, m.JobResult))
+    assert (result.comp_id, result.job_uid, result.status) == ("c1", 7, int(dispy.DispyJob.Finished))
