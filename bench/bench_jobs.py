@@ -634,11 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"machine: {info['cpu_count']} CPUs ({info['cpu_model']}), Python {info['python']} "
           f"({info['implementation']}), {info['platform']}; dispy {info['dispy_version']}")
-    print(f"sizes: {sizes.jobs} tiny jobs, {sizes.latency_jobs} sequential jobs, {sizes.big_jobs} x "
-          f"{sizes.big_bytes // 1024} KiB args; node: {NODE_CPUS} CPUs on 127.0.0.1; "
-          f"executors: {', '.join(executors)}; jobs_per_process: {', '.join(map(str, args.jpp))}; "
-          f"others: {', '.join(args.other_names) or 'none'}"
-          + (f"; --many: {sizes.many} tiny jobs" if sizes.many else "") + ("" if sizes.standard else " only"))
+    workloads = [f"{sizes.jobs} tiny jobs, {sizes.latency_jobs} sequential jobs, {sizes.big_jobs} x "
+                 f"{sizes.big_bytes // 1024} KiB args"] if sizes.standard else []
+    if sizes.many:
+        workloads.append(f"{sizes.many} tiny jobs at once (memory: {min(sizes.many, sizes.many_memory)})")
+    print(f"sizes: {'; '.join(workloads)}; node: {NODE_CPUS} CPUs on 127.0.0.1; executors: {', '.join(executors)}; "
+          f"jobs_per_process: {', '.join(map(str, args.jpp))}; others: {', '.join(args.other_names) or 'none'}")
     sys.stdout.flush()
 
     baseline: Result | None = None
@@ -647,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     contenders: list[Result] = []
     for executor in executors:
         for jpp in args.jpp:
+            if not sizes.standard and jpp == 1 and not sizes.many_all:
+                continue  # --many-only runs a process per job only with --many-all
             contender = DispyContender(executor, jpp)
             try:
                 contenders.append(contender.run(sizes))
