@@ -1,8 +1,9 @@
 """A real headless Chromium (Debian's ``/usr/bin/chromium``) driven by playwright, for the web pages' tests.
 
 ``browser`` is one Chromium per test module (not per session: playwright's sync API keeps an event loop
-running in the main thread while it lives, which the other tests would see), launched by playwright with a fresh temporary profile (user data
-dir) of its own; ``page`` is a new browser context (no cookies, no cache) and page per test. Playwright never
+running in the main thread while it lives, which the other tests would see), launched by playwright with a
+fresh temporary profile (user data dir) of its own; ``page`` is a new browser context (no cookies, no cache)
+and page per test. Playwright never
 downloads a browser here (no ``playwright install``). Without chromium or playwright the tests FAIL and say
 what to install: a browser test that skips would prove nothing.
 """
