@@ -21,6 +21,8 @@ from dispy_core.ratelog import Throttled
 log = logging.getLogger("dispy.channel")
 
 READ_SIZE = 1 << 20
+FLUSH_JOIN_MAX = 1 << 16
+"""Held frames below this size are joined into one write; larger ones are written as they are."""
 _dropped = Throttled(log)
 """Connections dropped for a protocol error: one line per kind per period, whoever floods."""
 
@@ -115,20 +117,43 @@ class Channel:
         self.tx_bytes += sum(len(p) for p in parts)
         return parts
 
-    def hold(self) -> None:
+    def hold(self) -> bool:
         """Collect what :meth:`send_nowait` sends until :meth:`flush`: messages produced together (a result
-        and the start of the next job) then leave in one write and reach the peer in one read."""
-        if self._held is None:
-            self._held = []
+        and the start of the next job, a batch of jobs) then leave in one write and reach the peer in one
+        read. False if something else holds it already (then that one flushes)."""
+        if self._held is not None:
+            return False
+        self._held = []
+        return True
 
     def flush(self) -> None:
-        """Write what was held, in order, as one buffer."""
+        """Write what was held, in order: small frames joined into one buffer, large ones as they are (a
+        copy of megabytes costs more than the writes it saves)."""
         held, self._held = self._held, None
-        if held and not self.closed:
-            try:
-                self.stream.write_nowait(b"".join(held) if len(held) > 1 else held[0])
-            except (OSError, TransportError):
-                pass  # the connection is gone: its reader reports that
+        if not held or self.closed:
+            return
+        try:
+            if len(held) == 1:
+                self.stream.write_nowait(held[0])
+                return
+            small: list[Any] = []
+            size = 0
+            for part in held:
+                if len(part) >= FLUSH_JOIN_MAX:
+                    if small:
+                        self.stream.write_nowait(b"".join(small))
+                        small, size = [], 0
+                    self.stream.write_nowait(part)
+                    continue
+                small.append(part)
+                size += len(part)
+                if size >= FLUSH_JOIN_MAX:
+                    self.stream.write_nowait(b"".join(small))
+                    small, size = [], 0
+            if small:
+                self.stream.write_nowait(b"".join(small) if len(small) > 1 else small[0])
+        except (OSError, TransportError):
+            pass  # the connection is gone: its reader reports that
 
     async def send(self, msg: m.Message) -> None:
         if self.closed:
@@ -141,18 +166,18 @@ class Channel:
 
     def send_nowait(self, msg: m.Message) -> bool:
         """Queue ``msg`` at once, in order with :meth:`send`, without waiting for the buffer to drain;
-        False if the connection is closed. For replies and results: no task per message."""
+        False if the connection is closed. For replies and results: no task per message.
+
+        Frames sent this way are corked until the loop has run what is ready now: the messages one read
+        or one batch produces reach the peer in one write, and wake it once (a wake-up across processes
+        costs more than the frames themselves when jobs are tiny)."""
         if self.closed:
             return False
         parts = self._frame(msg)
-        if self._held is not None:
-            self._held.extend(parts)
-            return True
-        try:
-            for part in parts:
-                self.stream.write_nowait(part)
-        except (OSError, TransportError):
-            return False
+        if self._held is None:  # corked: whatever this loop iteration sends leaves in one write, after it
+            self._held = []
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._held.extend(parts)
         return True
 
     async def request(self, msg: m.Message, timeout: float) -> m.Message:
@@ -184,7 +209,7 @@ class Channel:
                     self.close_reason = self.close_reason or "closed by peer"  # ours, if we closed it
                     break
                 self.rx_bytes += len(data)
-                for msg in self.session.receive_data(data):
+                for msg in self.session.receive_data(data):  # what they answer is corked: see send_nowait
                     self._dispatch(msg, handler)
         except PeerClosedError as exc:
             self.close_reason = self.close_reason or str(exc)
@@ -193,6 +218,7 @@ class Channel:
         except ProtocolError as exc:
             self.close_reason = self.close_reason or f"protocol error: {exc}"
             _dropped.warning("dropping connection with %s: %s", _fmt(self.peer), exc, key=type(exc).__name__)
+            self.flush()
             try:  # tell the peer why, so its log does not just say "closed by peer"
                 self.stream.write_nowait(self.session.farewell(f"protocol error: {exc}"))
             except (OSError, TransportError):
@@ -213,6 +239,7 @@ class Channel:
     async def say_farewell_and_close(self, reason: str, code: str = "closing") -> None:
         """Tell the peer why (a last Error frame), then close."""
         if not self.closed:
+            self.flush()
             try:
                 self.stream.write_nowait(self.session.farewell(reason, code))
             except (OSError, TransportError):
@@ -222,6 +249,7 @@ class Channel:
     async def close(self, reason: str = "closed") -> None:
         if self.closed:
             return
+        self.flush()  # what was sent before the close goes first
         self.closed = True
         self.close_reason = self.close_reason or reason
         error = TransportError(f"connection to {_fmt(self.peer)} closed: {self.close_reason}")

@@ -36,12 +36,14 @@ from dispy_core.malloc_tuning import tune_malloc
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol.session import MAX_PAYLOAD, secret_key
 from dispy_core.state import events as ev
-from dispy_core.state.cluster import ALLOWED_FAILURES
+from dispy_core.state.cluster import ALLOWED_FAILURES, PIPELINE
 from dispy_core.status import FINAL_JOB_STATES, JobStatus
 
 log = logging.getLogger("dispy")
 
 DEFAULT_DISPY_PORT = 9700
+DEEP_PIPELINE = 16
+"""Jobs per node CPU in flight at most, when the node's jobs are short (``ClusterState``'s "Capacity")."""
 _cluster_ids = itertools.count(1)
 T = TypeVar("T")
 
@@ -140,6 +142,7 @@ class JobCluster:
         self.dest_path = dest_path
         self.setup_timeout = float(extra.get("setup_timeout", 600.0))
         self.jobs_per_process = check_jobs_per_process(extra.get("jobs_per_process", 1))
+        self.deep_pipeline = DEEP_PIPELINE
         self.job_limits = check_job_limits(extra.get("job_limits"))  # each node bounds them by its own
         self.allowed_failures = check_allowed_failures(extra.get("allowed_failures", ALLOWED_FAILURES))
         self.first_node_timeout = check_first_node_timeout(extra.get("first_node_timeout"))
@@ -169,6 +172,8 @@ class JobCluster:
         self._unfinished = 0
         self._jobs: dict[int, DispyJob] = {}
         self._held: weakref.WeakSet[DispyJob] = weakref.WeakSet()
+        self._inbox: list[DispyJob] = []
+        """Jobs submitted and not yet taken by the loop: one wake-up of the loop takes them all."""
         """Every job submitted that the program still holds: what ``as_completed()`` waits for by default."""
         self._self_ref = weakref.ref(self)
         self._counts = JobCounts()
@@ -240,8 +245,16 @@ class JobCluster:
             self._unfinished += 1
             self._jobs[uid] = job
             self._counts.submitted(job.submit_time)
-        self._loop.call(self._driver.submit, job)
+            self._inbox.append(job)
+            wake = len(self._inbox) == 1
+        if wake:  # the loop has not been asked yet for these: once for all that come before it runs
+            self._loop.call(self._take_inbox)
         return job
+
+    def _take_inbox(self) -> None:
+        with self._lock:
+            jobs, self._inbox = self._inbox, []
+        self._driver.submit_many(jobs)
 
     def wait(self, timeout: float | None = None, progress: bool = False) -> bool:
         """Wait until every submitted job is done; False if ``timeout`` passed first.
@@ -478,6 +491,8 @@ class JobCluster:
             options["source_modules"] = self._pkg.source_modules
         if self.jobs_per_process > 1:
             options["jobs_per_process"] = self.jobs_per_process
+        if self.deep_pipeline > PIPELINE:  # the node lets that many wait per CPU (see ClusterState "Capacity")
+            options["queue_per_cpu"] = self.deep_pipeline - 1
         if self.job_limits:
             options["job_limits"] = dict(self.job_limits)
         if self._recover_log is not None:

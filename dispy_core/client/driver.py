@@ -25,7 +25,7 @@ from dispy_core.errors import DispyError
 from dispy_core.interfaces import JobView
 from dispy_core.protocol import messages as m
 from dispy_core.state import events as ev
-from dispy_core.state.cluster import ClusterState
+from dispy_core.state.cluster import PIPELINE, ClusterState
 from dispy_core.status import FINAL_JOB_STATES, JobStatus, NodeStatus, RefusalReason
 
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ class ClientDriver:
         self.cluster = cluster
         self.comp_id = cluster.comp_id
         self.state = ClusterState(cluster.scheduler, recover=self._recover, reentrant=cluster.reentrant,
-                                  allowed_failures=cluster.allowed_failures)
+                                  allowed_failures=cluster.allowed_failures,
+                                  deep_pipeline=getattr(cluster, "deep_pipeline", PIPELINE))
         self.jobs: dict[int, DispyJob] = {}
         self.life = NodeLife(self)
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -114,12 +115,27 @@ class ClientDriver:
         if node_key is not None:
             self._acks.append((node_key, uid))
 
+    def submit_many(self, jobs: list[DispyJob]) -> None:
+        """Jobs submitted together: one dispatch for all (and what they send to each node leaves in one
+        write: channels cork)."""
+        if len(jobs) == 1:
+            self.submit(jobs[0])
+            return
+        events = []
+        for job in jobs:
+            self._enter(job)
+            events.append(ev.JobSubmitted(job._uid, job.submit_time or time.time(), job._pinned))
+        self.feed(ev.JobsSubmitted(tuple(events)))
+
     def submit(self, job: DispyJob) -> None:
+        self._enter(job)
+        self.feed(ev.JobSubmitted(job._uid, job.submit_time or time.time(), job._pinned))
+
+    def _enter(self, job: DispyJob) -> None:
         self.jobs[job._uid] = job
         self._last_uid = (max(self._last_uid[0], job._uid), self._last_uid[1])
         if self.recover_log is not None and job.id != job._uid:
             self._new_ids.append((job._uid, job.id))
-        self.feed(ev.JobSubmitted(job._uid, job.submit_time or time.time(), job._pinned))
 
     def _recover(self, job: JobView, failure: str) -> str | None:
         decision = self.cluster.plugins.hook.dispy_recover(job=job, failure=failure)

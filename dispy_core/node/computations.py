@@ -99,7 +99,9 @@ class ComputationHost:
                                     extra=self._executor_extra(msg.options))
         self.server.computations[msg.comp_id] = comp
         announce = msg.options.get("announce_starts") is True  # a scheduler's: see ev.CompOpened
-        self.server._apply(self.server.state.handle(ev.CompOpened(msg.comp_id, msg.cpus, announce)))
+        queue = msg.options.get("queue_per_cpu")
+        queue = queue if type(queue) is int and queue >= 1 else 1
+        self.server._apply(self.server.state.handle(ev.CompOpened(msg.comp_id, msg.cpus, announce, queue)))
         self.server._served += 1
         interval = msg.options.get("pulse_interval")
         if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0 \

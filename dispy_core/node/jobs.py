@@ -55,13 +55,14 @@ class JobRunner:
             comp.files.job_done(job_uid)
         self._outcomes[(comp_id, job_uid)] = outcome
         channel = comp.channel if comp is not None else None
-        if channel is not None:
-            channel.hold()  # the result and the start of the job queued behind it: one write
+        # the result and the start of the job queued behind it: one write (unless held already)
+        held = channel is not None and channel.hold()
         try:
             self.apply(self.server.state.handle(ev.JobEnded(comp_id, job_uid, time.time())))
         finally:
             self._outcomes.pop((comp_id, job_uid), None)
-            if channel is not None:
+            if held:
+                assert channel is not None
                 channel.flush()
         if self.server.quitting:
             self.server._maybe_quit()

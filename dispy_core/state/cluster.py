@@ -8,7 +8,10 @@ It is pure: events in (``state.events``), instructions out, no I/O and no clock.
   queue; pinned to a node not found yet, ``parked`` until discovery is done).
 - **Capacity.** A node takes ``pipeline`` jobs per CPU in flight (one running, one waiting there, so a
   CPU that frees starts the next job without a round trip), or exactly its CPUs when ``set_node_cpus``
-  lowered them below what the node granted. A job sent beyond the node's CPUs waits there and stays
+  lowered them below what the node granted. When its jobs prove short, up to ``deep_pipeline`` per CPU:
+  about ``QUEUE_SECONDS`` of work waits there per CPU, so that results and jobs travel in batches (one
+  write, one wake-up of each process, for many tiny jobs) while a long job never waits behind a deep queue.
+  A job sent beyond the node's CPUs waits there and stays
   ``Created`` until the node says it started. ``busy`` is the number of jobs in flight: never a counter.
 - **Choice.** Pinned jobs go first to their node. Then the scheduler plugin (``interfaces.Scheduler``)
   assigns pending jobs to nodes with room; assignments that name an unknown job or node, a pinned job,
@@ -45,6 +48,9 @@ __all__ = ["PIPELINE", "ClusterState", "JobRecord", "NodeRecord", "RecoverPolicy
 
 PIPELINE = 2
 """Jobs in flight per node CPU: one running and one waiting on the node."""
+
+QUEUE_SECONDS = 0.01
+"""With a deep pipeline, the work (by the node's average job time) kept waiting at a node per CPU."""
 
 ALLOWED_FAILURES = 3
 """Times a job may be running on a node that is lost before it is not resubmitted again (Dask's
@@ -86,6 +92,8 @@ class NodeRecord:
     granted: int
     cpus: int
     pipeline: int = PIPELINE
+    deep: int = PIPELINE
+    """The most jobs per CPU in flight when jobs are short (see the module's "Capacity")."""
     allocated: bool = True
     closing: bool = False
     close_when_drained: bool = False
@@ -101,17 +109,37 @@ class NodeRecord:
     def busy(self) -> int:
         return len(self.in_flight)
 
+    depth: int = 0
+    """Jobs per CPU to keep in flight: ``pipeline``, more for short jobs, up to ``deep`` (see :meth:`learn`)."""
+
+    def __post_init__(self) -> None:
+        self.depth = self.pipeline
+
+    def learn(self, run_time: float) -> None:
+        """A job ended after ``run_time`` s there: the node's figures, and so its depth."""
+        self.jobs_done += 1
+        self.run_time += run_time
+        if self.deep > self.pipeline:
+            average = self.run_time / self.jobs_done
+            self.depth = self.deep if average <= 0.0 else max(self.pipeline,
+                                                                min(self.deep, int(QUEUE_SECONDS / average)))
+
+    @property
+    def full(self) -> int:
+        """Jobs in flight that fill the node, before any refusal's bound."""
+        return self.cpus * self.depth if self.cpus >= self.granted else self.cpus
+
     @property
     def capacity(self) -> int:
         """Jobs to keep in flight here (see the module's "Capacity")."""
-        full = self.cpus * self.pipeline if self.cpus >= self.granted else self.cpus
+        full = self.full
         return full if self.limit is None else min(full, self.limit)
 
     def relax(self) -> None:
         """Try one job more than the node last held (a result came back, or time passed)."""
         if self.limit is not None:
             self.limit += 1
-            if self.limit >= (self.cpus * self.pipeline if self.cpus >= self.granted else self.cpus):
+            if self.limit >= self.full:
                 self.limit = None
 
     @property
@@ -130,11 +158,13 @@ class ClusterState:
     """The scheduling state of one computation; see the module docstring for the rules."""
 
     def __init__(self, scheduler: Scheduler, *, recover: RecoverPolicy | None = None, reentrant: bool = False,
-                 pipeline: int = PIPELINE, allowed_failures: int = ALLOWED_FAILURES) -> None:
+                 pipeline: int = PIPELINE, allowed_failures: int = ALLOWED_FAILURES,
+                 deep_pipeline: int | None = None) -> None:
         self.scheduler = scheduler
         self.recover = recover
         self.reentrant = reentrant
         self.pipeline = pipeline
+        self.deep_pipeline = pipeline if deep_pipeline is None else max(pipeline, deep_pipeline)
         self.allowed_failures = allowed_failures
         self.starts_reported = False
         """Every job sent to a node waits there (``Created``) until the node says it started: a scheduler, which
@@ -145,6 +175,9 @@ class ClusterState:
         self.nodes: dict[str, NodeRecord] = {}
         self.discovered = False
         self.closing = False
+        self._room: dict[str, None] = {}
+        """Nodes that may have room for a job: every node that has some is here (an event about a node puts it
+        back), so a dispatch looks at these, not at every node (flat in the number of nodes)."""
         self.no_node: str | None = None
         """Why no node can run jobs (``NoUsableNode``), until one is ready: new jobs end Abandoned at once."""
 
@@ -168,11 +201,19 @@ class ClusterState:
 
     # ------------------------------------------------------------------ jobs
     def _submitted(self, event: ev.JobSubmitted, out: Out) -> None:
+        self._add(event, out)
+        self._dispatch(out)
+
+    def _submitted_together(self, event: ev.JobsSubmitted, out: Out) -> None:
+        for job in event.jobs:
+            self._add(job, out)
+        self._dispatch(out)
+
+    def _add(self, event: ev.JobSubmitted, out: Out) -> None:
         record = JobRecord(event.uid, JobStatus.Created, event.time, event.pinned)
         self.jobs[event.uid] = record
         out.append(ev.NotifyJob(event.uid, JobStatus.Created, None))
         self._place(record, out)
-        self._dispatch(out)
 
     def _place(self, record: JobRecord, out: Out, front: bool = False) -> None:
         """Queue a job that is at no node: pending, its pinned node's queue, or parked."""
@@ -210,8 +251,8 @@ class ClusterState:
         node = self.nodes[event.node_id]
         del node.in_flight[event.uid]
         run_time = event.run_time if event.run_time > 0.0 else 0.0
-        node.jobs_done += 1
-        node.run_time += run_time
+        node.learn(run_time)
+        self._room[node.node_id] = None
         if node.limit is not None:
             node.relax()
         self.scheduler.job_done(node.node_id, run_time)
@@ -278,7 +319,8 @@ class ClusterState:
         cpus = max(1, event.cpus)
         node = self.nodes.get(event.node_id)
         if node is None:
-            node = self.nodes[event.node_id] = NodeRecord(event.node_id, cpus, cpus, self.pipeline)
+            node = self.nodes[event.node_id] = NodeRecord(event.node_id, cpus, cpus, self.pipeline,
+                                                                     self.deep_pipeline)
             self.scheduler.node_added(node.load())
         else:  # set up again (resetup_node)
             node.granted = node.cpus = cpus
@@ -289,18 +331,21 @@ class ClusterState:
             self.parked.remove(uid)
             node.pinned.append(uid)
         out.append(ev.NotifyNode(event.node_id, NodeStatus.Initialized))
+        self._room[node.node_id] = None
         self._dispatch(out)
 
     def _node_cpus(self, event: ev.NodeCpus, out: Out) -> None:
         node = self.nodes.get(event.node_id)
         if node is not None:
             node.cpus = max(1, min(event.cpus, node.granted))
+            self._room[node.node_id] = None
             self._dispatch(out)
 
     def _node_allocation(self, event: ev.NodeAllocation, out: Out) -> None:
         node = self.nodes.get(event.node_id)
         if node is not None:
             node.allocated = event.allocated
+            self._room[node.node_id] = None
             self._dispatch(out)
 
     def _node_closing(self, event: ev.NodeClosing, out: Out) -> None:
@@ -318,6 +363,7 @@ class ClusterState:
         self._slot_freed(node, out)
 
     def _slot_freed(self, node: NodeRecord, out: Out) -> None:
+        self._room[node.node_id] = None
         if node.close_when_drained and not node.in_flight:
             node.close_when_drained = False
             out.append(ev.CloseNode(node.node_id, node.terminate))
@@ -423,11 +469,13 @@ class ClusterState:
         for node in self.nodes.values():
             if node.limit is not None:
                 node.relax()
+                self._room[node.node_id] = None
                 relaxed = True
         if relaxed:
             self._dispatch(out)
 
     def _redispatch(self, event: ev.Redispatch, out: Out) -> None:
+        self._room.update(dict.fromkeys(self.nodes))  # more slots granted: any node may take jobs now
         self._dispatch(out)
 
     # ------------------------------------------------------------------ dispatch
@@ -436,11 +484,11 @@ class ClusterState:
         if self.closing:
             return
         batches: dict[str, list[int]] = {}
-        for node in self.nodes.values():
-            while node.pinned and node.accepting and node.busy < node.capacity:
+        for node in self._with_room():
+            while node.pinned and node.busy < node.capacity:
                 self._send(node, self.jobs[node.pinned.popleft()], out, batches)
         while self.pending:
-            room = [n for n in self.nodes.values() if n.accepting and len(n.in_flight) < n.capacity]
+            room = self._with_room()
             if not room:
                 break
             loads = [n.load() for n in room]
@@ -450,6 +498,17 @@ class ClusterState:
                 break
         for node_id, uids in batches.items():
             out.append(ev.SendJobs(node_id, tuple(uids)))
+
+    def _with_room(self) -> list[NodeRecord]:
+        """The nodes that can take a job now; the others leave ``_room`` until an event about them."""
+        room = []
+        for node_id in list(self._room):
+            node = self.nodes.get(node_id)
+            if node is not None and node.accepting and len(node.in_flight) < node.capacity:
+                room.append(node)
+            else:
+                del self._room[node_id]
+        return room
 
     def _assign(self, pairs: Any, out: Out, batches: dict[str, list[int]]) -> int:
         sent = 0
@@ -498,6 +557,7 @@ class ClusterState:
 
     _handlers: dict[type, Callable[[ClusterState, Any, Out], None]] = {
         ev.JobSubmitted: _submitted,
+        ev.JobsSubmitted: _submitted_together,
         ev.DiscoveryDone: _discovery_done,
         ev.NodeReady: _node_ready,
         ev.NodeCpus: _node_cpus,

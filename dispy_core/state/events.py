@@ -18,7 +18,8 @@ from dispy_core.status import JobStatus, NodeStatus, RefusalReason
 __all__ = [
     "CancelAsked", "CloseNode", "ClusterClosing", "ClusterEvent", "ClusterInstruction", "CompClosed",
     "CompClosing", "CompOpened", "CompReady", "DiscoveryDone", "JobArrived", "JobCancelAsked", "JobEnded", "JobLost",
-    "JobStarted", "JobSubmitted", "KillJob", "NodeAllocation", "NodeCapacity", "NodeClosing", "NodeCpus", "NodeEvent",
+    "JobStarted", "JobSubmitted", "JobsSubmitted", "KillJob", "NodeAllocation", "NodeCapacity", "NodeClosing",
+    "NodeCpus", "NodeEvent",
     "NodeInstruction", "NodeLost", "NodeReady", "NoUsableNode", "NodeReleased", "NotifyJob", "NotifyNode",
     "ProvisionalArrived", "Redispatch", "Refused", "RefuseJob", "ReportCancelled", "ResultArrived", "SendCancel",
     "SendFailed", "SendJobs", "SendResult", "StartJob", "TerminateRunning", "Tick",
@@ -33,6 +34,14 @@ class JobSubmitted:
     uid: int
     time: float
     pinned: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobsSubmitted:
+    """Jobs the program submitted together (the loop took them at once): each as ``JobSubmitted``, then
+    one dispatch for all, so the nodes are looked at once, not once per job."""
+
+    jobs: tuple[JobSubmitted, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,9 +204,9 @@ class Redispatch:
     time: float
 
 
-ClusterEvent = (JobSubmitted | DiscoveryDone | NodeReady | NodeCpus | NodeAllocation | NodeClosing | NodeLost
-                | NodeReleased | JobStarted | ResultArrived | ProvisionalArrived | Refused | JobLost | SendFailed
-                | CancelAsked | ClusterClosing | NoUsableNode | Tick | Redispatch)
+ClusterEvent = (JobSubmitted | JobsSubmitted | DiscoveryDone | NodeReady | NodeCpus | NodeAllocation | NodeClosing
+                | NodeLost | NodeReleased | JobStarted | ResultArrived | ProvisionalArrived | Refused | JobLost
+                | SendFailed | CancelAsked | ClusterClosing | NoUsableNode | Tick | Redispatch)
 
 
 # =========================================================================== cluster: instructions
@@ -261,6 +270,8 @@ class CompOpened:
     comp_id: str
     cpus: int
     announce_starts: bool = False
+    queue_per_cpu: int = 1
+    """Jobs that may wait here per CPU it may use (the client keeps more in flight when jobs are short)."""
 
 
 @dataclass(frozen=True, slots=True)

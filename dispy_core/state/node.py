@@ -6,9 +6,10 @@ Pure, like ``state.cluster``: events in (``state.events``), instructions out. Th
 - **CPUs.** The node serves ``cpus`` CPUs while open; closed (stopped by its operator, outside its service
   window, quitting), it serves none. A computation uses at most the CPUs it was granted. ``busy`` is the
   number of running jobs, computed, never counted by hand.
-- **Waiting line.** A job arriving when no CPU is free for it waits, up to ``cpus`` jobs per computation, so
-  a CPU that frees starts the next job at once instead of after a round trip to the client. Beyond that the
-  job is refused (``NO_FREE_CPU``: another computation holds the CPUs).
+- **Waiting line.** A job arriving when no CPU is free for it waits, up to ``cpus`` jobs per computation
+  (``queue_per_cpu`` times that when its client asks: it sends more ahead when jobs are short), so a CPU
+  that frees starts the next job at once instead of after a round trip to the client. Beyond that the job
+  is refused (``NO_FREE_CPU``: another computation holds the CPUs).
 - **Fairness.** When a CPU frees, the job that has waited longest starts, whatever its computation (the CPU
   one computation frees may be the one another computation's job waits for).
 - **Refusals** carry a :class:`RefusalReason`; a node taking no jobs holds its refusals ``refusal_delay``
@@ -31,6 +32,9 @@ __all__ = ["REFUSAL_DELAY", "CompRecord", "NodeState"]
 REFUSAL_DELAY = 1.0
 """Seconds a node that takes no jobs holds a refusal (bounds the refusals to one per job per second)."""
 
+MAX_QUEUE_PER_CPU = 64
+"""The most jobs per CPU a client may have wait here (bounds the node's memory per computation)."""
+
 Out = list[ev.NodeInstruction]
 
 
@@ -47,6 +51,7 @@ class CompRecord:
     running: set[int] = field(default_factory=set)
     jobs_done: int = 0
     announce_starts: bool = False
+    queue_per_cpu: int = 1
 
 
 class NodeState:
@@ -84,7 +89,8 @@ class NodeState:
         if event.comp_id in self.comps:
             return  # open already: its jobs stay accounted for
         cpus = min(self.cpus, event.cpus) if event.cpus > 0 else self.cpus
-        self.comps[event.comp_id] = CompRecord(event.comp_id, max(1, cpus), announce_starts=event.announce_starts)
+        self.comps[event.comp_id] = CompRecord(event.comp_id, max(1, cpus), announce_starts=event.announce_starts,
+                                               queue_per_cpu=max(1, min(MAX_QUEUE_PER_CPU, event.queue_per_cpu)))
 
     def _ready(self, event: ev.CompReady, out: Out) -> None:
         comp = self.comps.get(event.comp_id)
@@ -113,7 +119,7 @@ class NodeState:
         if self.busy < self.cap and len(comp.running) < comp.cpus:
             comp.running.add(event.uid)
             out.append(ev.StartJob(comp.comp_id, event.uid, comp.announce_starts, event.time))
-        elif self.cap > 0 and len(comp.queued) < comp.cpus:
+        elif self.cap > 0 and len(comp.queued) < comp.cpus * comp.queue_per_cpu:
             comp.queued.append((next(self._arrivals), event.uid))
         elif self.cap == 0:
             out.append(ev.RefuseJob(comp.comp_id, event.uid, RefusalReason.NOT_ACCEPTING, self.closed_reason,

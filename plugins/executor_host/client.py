@@ -77,6 +77,7 @@ class _HostLink(asyncio.SubprocessProtocol):
         self._exit_timer: asyncio.TimerHandle | None = None
         self.group: Cgroup | None = None  # the host's cgroup, where the node could make one
         self.released: asyncio.Task[None] | None = None  # the group's removal, once the host is gone
+        self._corked: list[Any] | None = None  # frames for the host, written together after this loop pass
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -167,10 +168,30 @@ class _HostLink(asyncio.SubprocessProtocol):
                              getattr(callback, "__name__", callback))
 
     def send(self, header: dict[str, Any], blobs: list[bytes] | None = None) -> None:
+        """Queue a frame for the host. Frames sent in one pass of the loop (the jobs one read from a client
+        brought) are written together after it: one write, one wake-up of the host."""
         if self.stdin is None or self.stdin.is_closing():
             raise ExecutionError(f"computation {self.comp_id}: host process is not running")
-        for part in ipc.encode_parts(header, blobs or ()):  # a large argument is not copied into a frame
+        if self._corked is None:
+            self._corked = []
+            asyncio.get_running_loop().call_soon(self._uncork)
+        self._corked.extend(ipc.encode_parts(header, blobs or ()))  # a large argument is not copied
+
+    def _uncork(self) -> None:
+        parts, self._corked = self._corked or [], None
+        if self.stdin is None or self.stdin.is_closing():
+            return  # the host is gone: its jobs are reported by the exit handling
+        small: list[Any] = []
+        for part in parts:
+            if len(part) < 65536:
+                small.append(part)
+                continue
+            if small:
+                self.stdin.write(b"".join(small))
+                small = []
             self.stdin.write(part)
+        if small:
+            self.stdin.write(b"".join(small))
 
     # ------------------------------------------------------------------ failure
     def fail(self, reason: str) -> None:

@@ -211,6 +211,7 @@ class Host:
         self.spares_low = 0  # refill only once this few are left (see refilling)
         self.jobs_per_process = 1
         self.deferred: dict[int, dict[str, Any]] = {}  # job uid -> its "started" header, not sent yet
+        self.outbox: list[Any] = []  # frames for the node from this pass of the loop: one write after it
         self.fds: set[int] = {ctl_in, ctl_out}  # what a forked job must close first
         self.setup_result: int | None = None
         self.shipped: bytes = b""  # setup returned 1 (fork): setup's globals, for jobs to install
@@ -242,6 +243,8 @@ class Host:
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
                 heapq.heappop(self.timers)[2]()
+            self.flush_outbox()
+        self.flush_outbox()
         self._retire_spares()
         if self.zygote is not None:
             self.zygote.close()  # it exits at the end of its input
@@ -284,12 +287,23 @@ class Host:
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self.timers, (time.monotonic() + delay, next(self._seq), fn))
 
-    def send(self, header: dict[str, Any], blobs: list[Any] | None = None) -> None:
+    def send(self, header: dict[str, Any], blobs: list[Any] | None = None, now: bool = False) -> None:
+        """Queue a frame for the node, written after this pass of the loop; ``now``: at once (user code that
+        may block for long runs next)."""
         parts = ipc.encode_parts(header, blobs or ())
         if self.deferred:  # keep the order: deferred frames go first, in the same write
             parts.insert(0, b"".join(ipc.encode(h) for h in self.deferred.values()))
             self.deferred.clear()
-        ipc.write_all(self.ctl_out, parts)
+        self.outbox.extend(parts)
+        if now:
+            self.flush_outbox()
+
+    def flush_outbox(self) -> None:
+        """Write what this pass of the loop has for the node (the results of the jobs that ended together):
+        one write, one wake-up of the node."""
+        if self.outbox:
+            parts, self.outbox = self.outbox, []
+            ipc.write_all(self.ctl_out, parts)
 
     def send_started(self, uid: int, pid: int, start: float) -> None:
         """Say a job started within ``COALESCE_DELAY``: a tiny job's "done" then carries it (one frame,
@@ -302,7 +316,7 @@ class Host:
         if self.deferred:
             frame = b"".join(ipc.encode(h) for h in self.deferred.values())
             self.deferred.clear()
-            ipc.write_all(self.ctl_out, frame)
+            self.outbox.append(frame)
 
     # ------------------------------------------------------------------ node side
     def _on_ctl(self) -> None:
@@ -333,7 +347,7 @@ class Host:
         info = self.info = CompInfo.from_frame(header, blobs)
         comp = info.computation
         self.reader = ipc.FrameReader(info.max_frame or ipc.DEFAULT_MAX_FRAME, views=True)  # args pass through
-        namespace.shutdown_request = lambda: self.send({"op": "shutdown"})  # dispynode_shutdown() here
+        namespace.shutdown_request = lambda: self.send({"op": "shutdown"}, now=True)  # dispynode_shutdown() here
         limit = info.extra.get("max_file_size", 0)
         self.max_file_size = limit if type(limit) is int and limit > 0 else 0
         self.jobs_per_process = namespace.jobs_per_process(info)  # before the zygote copies this process
@@ -356,7 +370,7 @@ class Host:
             return
         before = namespace.snapshot(self.ns)
         if comp.setup:
-            self.send({"op": "setup_start"})
+            self.send({"op": "setup_start"}, now=True)
             try:
                 setup = namespace.load_callable(comp.setup, self.serializer, self.ns)
                 value = namespace.call_with_setup_args(setup, comp, self.serializer)
@@ -389,20 +403,21 @@ class Host:
                 self._start_zygote()
         del before
         self._note_own()
-        self.send({"op": "ready"})
+        self.send({"op": "ready"}, now=True)
         target = info.extra.get("spares", DEFAULT_SPARES)
         self.spares_wanted = self.spares_target = target if type(target) is int and target >= 1 else 1
         self.spares_low = self.spares_target // 4
 
     def _setup_failed(self, reason: str) -> None:
         logger.warning("computation setup failed: %s", reason.rstrip())
-        self.send({"op": "setup_failed", "reason": reason})
+        self.send({"op": "setup_failed", "reason": reason}, now=True)
         self.running = False
 
     def _maybe_finish_close(self) -> None:
         if not self.closing or self.jobs or not self.running:
             return
         self._retire_spares()
+        self.flush_outbox()  # the last results before cleanup, which is the user's code and may take long
         error = ""
         info = self.info
         if info is not None and info.computation.cleanup and self.serializer is not None:
@@ -417,7 +432,7 @@ class Host:
                 error = f"cleanup raised an exception:\n{runtime.format_exception(exc)}"
                 logger.warning("%s", error.rstrip())
         namespace.run_init_close()
-        self.send({"op": "closed", "error": error})
+        self.send({"op": "closed", "error": error}, now=True)
         self.running = False
 
     # ------------------------------------------------------------------ job processes

@@ -9,6 +9,8 @@ so a misbehaving host (it runs user code) can at worst break its own computation
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import os
 import struct
@@ -197,13 +199,17 @@ def write_all(fd: int, data: Buffer | list[Buffer]) -> None:
         view = view[written:]
 
 
+WRITEV_MAX = 512
+"""Buffers per ``writev`` call: under every system's IOV_MAX (1024 on Linux)."""
+
+
 def _writev_all(fd: int, parts: list[Buffer]) -> None:
-    views = [memoryview(p).cast("B") for p in parts if nbytes(p)]
+    views = collections.deque(memoryview(p).cast("B") for p in parts if nbytes(p))
     while views:
-        written = os.writev(fd, views)
+        written = os.writev(fd, list(itertools.islice(views, WRITEV_MAX)))
         while views and written >= views[0].nbytes:
             written -= views[0].nbytes
-            views.pop(0)
+            views.popleft()
         if written:
             views[0] = views[0][written:]
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dispy_core.interfaces import JobView, NodeLoad
-from dispy_core.state.cluster import ClusterState
+from dispy_core.state.cluster import ClusterState, NodeRecord
 from dispy_core.state.events import (
     CancelAsked,
     CloseNode,
@@ -639,3 +639,24 @@ def test_a_job_lost_with_its_host_is_abandoned_when_not_reentrant_or_lost_too_of
     state = one_cpu_node_with_jobs(2, reentrant=True, allowed_failures=1)
     out = state.handle(JobLost(1, "a", "host died", T))
     assert out[0].status == Abandoned and "allowed_failures=1" in str(out[0].reason)
+
+
+def test_short_jobs_deepen_the_pipeline_and_long_ones_keep_it_shallow() -> None:
+    state = cluster(deep_pipeline=16)
+    submitted(state, *range(1, 60))
+    state.handle(NodeReady("a", 2, T))
+    node = state.nodes["a"]
+    assert node.busy == 4  # no job time known yet: two per CPU
+    state.handle(ResultArrived(1, "a", Finished, 0.0001, T))  # a tiny job: 10 ms of work is 100 of them
+    assert node.depth == 16 and node.busy == 2 * 16
+    slow = NodeRecord("b", 2, 2, 2, 16)
+    slow.learn(1.0)  # a job of a second: no queue beyond one per CPU
+    assert slow.depth == 2 and slow.capacity == 4
+
+
+def test_without_a_deep_pipeline_short_jobs_keep_two_per_cpu() -> None:
+    state = cluster()
+    submitted(state, *range(1, 10))
+    state.handle(NodeReady("a", 1, T))
+    state.handle(ResultArrived(1, "a", Finished, 0.0001, T))
+    assert state.nodes["a"].busy == 2

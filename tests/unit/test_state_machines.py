@@ -95,9 +95,9 @@ class ClusterMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ setup
     @initialize(scheduler=st.sampled_from(["loadbalance", "fuzz"]), reentrant=st.booleans(),
                 recover=st.sampled_from([None, "resubmit", "abandon", "undecided", "random"]),
-                pipeline=st.integers(1, 3), rnd=st.randoms(use_true_random=False),
+                pipeline=st.integers(1, 3), deeper=st.integers(0, 6), rnd=st.randoms(use_true_random=False),
                 nodes=st.dictionaries(st.sampled_from(NODES), st.integers(1, 3), max_size=3), jobs=st.integers(0, 8))
-    def setup(self, scheduler: str, reentrant: bool, recover: str | None, pipeline: int,
+    def setup(self, scheduler: str, reentrant: bool, recover: str | None, pipeline: int, deeper: int,
               rnd: random.Random, nodes: dict[str, int], jobs: int) -> None:
         self.rnd = rnd
         plugin = LoadBalanceScheduler() if scheduler == "loadbalance" else FuzzScheduler(rnd)
@@ -110,7 +110,7 @@ class ClusterMachine(RuleBasedStateMachine):
                 None if recover == "undecided" else recover
 
         self.state = ClusterState(plugin, recover=policy if recover else None, reentrant=reentrant,
-                                  pipeline=pipeline)
+                                  pipeline=pipeline, deep_pipeline=pipeline + deeper)
         # a running start (random rules alone seldom get nodes and jobs together)
         for node_id, cpus in nodes.items():
             self.node_ready(node_id, cpus)
@@ -290,7 +290,8 @@ class ClusterMachine(RuleBasedStateMachine):
         node = self.state.nodes.get(node_id)
         if node is not None:
             assert node.cpus == max(1, min(cpus, node.granted))
-            full = node.cpus * node.pipeline if node.cpus == node.granted else node.cpus
+            assert node.pipeline <= node.depth <= node.deep
+            full = node.cpus * node.depth if node.cpus == node.granted else node.cpus
             assert node.capacity == (full if node.limit is None else min(full, node.limit))
 
     @precondition(lambda self: self.state.nodes)

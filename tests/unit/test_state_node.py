@@ -81,6 +81,15 @@ def test_a_computation_that_asks_is_told_of_every_start() -> None:
     assert arrive(state, "sched", 1) == [StartJob("sched", 1, True, T)]  # started on arrival: said all the same
 
 
+def test_a_client_may_have_more_jobs_wait_per_cpu_when_it_asks() -> None:
+    state = NodeState(1)
+    state.handle(CompOpened("deep", 0, queue_per_cpu=3))
+    state.handle(CompReady("deep"))
+    arrive(state, "deep", 1, 2, 3, 4)  # one runs, three wait
+    assert running(state) == {"deep": [1]} and queued(state) == {"deep": [2, 3, 4]}
+    assert arrive(state, "deep", 5) == [RefuseJob("deep", 5, NO_FREE_CPU, "no free CPU")]
+
+
 def test_beyond_the_cpus_jobs_wait_then_are_refused() -> None:
     state = node(2)
     arrive(state, "c", 1, 2)
