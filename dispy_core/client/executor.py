@@ -24,6 +24,7 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from dispy_core.byvalue import main_clone
 from dispy_core.client.cluster import JobCluster
 from dispy_core.client.job import DispyJob
 from dispy_core.errors import SerializationError
@@ -80,20 +81,10 @@ def serialize_function(fn: Callable[..., Any]) -> bytes:
             except (pickle.PicklingError, AttributeError, TypeError):
                 pass  # a partial of a local function, for example: by value below
         if isinstance(fn, types.FunctionType) and fn.__module__ != "__main__":
-            fn = _as_main(fn)
+            fn = main_clone(fn)
         return bytes(dill.dumps(fn, protocol=5, recurse=True, byref=False))
     except Exception as exc:  # dill raises many kinds
         raise SerializationError(f"cannot serialize function {getattr(fn, '__qualname__', fn)!r}: {exc}") from exc
-
-
-def _as_main(fn: types.FunctionType) -> types.FunctionType:
-    """A copy of ``fn`` that claims to live in ``__main__``: dill then sends its code, not its module's name."""
-    clone = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    clone.__kwdefaults__ = fn.__kwdefaults__
-    clone.__qualname__ = fn.__qualname__
-    clone.__module__ = "__main__"
-    clone.__doc__ = fn.__doc__
-    return clone
 
 
 class DispyExecutor(concurrent.futures.Executor):

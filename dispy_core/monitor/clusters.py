@@ -22,7 +22,7 @@ from dispy_core.client.nodes import DispyNode, NodeAllocate
 from dispy_core.hookspecs import hookimpl
 from dispy_core.status import FINAL_JOB_STATES, JobStatus
 
-__all__ = ["ARG_TEXT", "ClusterWatch", "DONE_TIMES", "job_view", "node_view"]
+__all__ = ["ARG_TEXT", "ClusterWatch", "DONE_TIMES", "bucket_counts", "job_view", "node_view"]
 
 DONE_TIMES = 10_000
 """Job completion times kept per node for the throughput plot (the oldest go first)."""
@@ -159,15 +159,7 @@ class ClusterWatch:
         """Jobs finished per node in each of ``buckets`` intervals of ``step`` seconds from ``start``."""
         with self._lock:
             series = {key: list(times) for key, times in self.done_times.items()}
-        out: dict[str, list[int]] = {}
-        for key, times in series.items():
-            counts = [0] * buckets
-            for t in times:
-                index = int((t - start) // step)
-                if 0 <= index < buckets:
-                    counts[index] += 1
-            out[key] = counts
-        return out
+        return bucket_counts(series, start, step, buckets)
 
     # ------------------------------------------------------------------ actions (the cluster's public methods)
     def set_cpus(self, node: str, cpus: int) -> int:
@@ -184,3 +176,16 @@ class ClusterWatch:
 
     def add_node(self, host: str, port: int | None, cpus: int) -> int:
         return self.allocate_node(NodeAllocate(host, port=port, cpus=cpus))
+
+
+def bucket_counts(series: dict[str, list[float]], start: float, step: float, buckets: int) -> dict[str, list[int]]:
+    """Per key, how many of its times fall in each of ``buckets`` intervals of ``step`` s from ``start``."""
+    out: dict[str, list[int]] = {}
+    for key, times in series.items():
+        counts = [0] * buckets
+        for t in times:
+            index = int((t - start) // step)
+            if 0 <= index < buckets:
+                counts[index] += 1
+        out[key] = counts
+    return out

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dispy_core.client.connections import READY
-from dispy_core.monitor.clusters import DONE_TIMES, node_view
+from dispy_core.monitor.clusters import DONE_TIMES, bucket_counts, node_view
 from dispy_core.monitor.server import DispyHTTPServer
 from dispy_core.protocol import messages as m
 from dispy_core.status import FINAL_JOB_STATES, JobStatus
@@ -123,15 +123,7 @@ class ComputationWatch:
     def throughput(self, start: float, step: float, buckets: int) -> dict[str, list[int]]:
         with self._lock:
             series = {key: list(times) for key, times in self.done_times.items()}
-        out = {}
-        for key, times in series.items():
-            counts = [0] * buckets
-            for t in times:
-                index = int((t - start) // step)
-                if 0 <= index < buckets:
-                    counts[index] += 1
-            out[key] = counts
-        return out
+        return bucket_counts(series, start, step, buckets)
 
     # ------------------------------------------------------------------ actions: the clients'
     def set_cpus(self, node: str, cpus: int) -> int:

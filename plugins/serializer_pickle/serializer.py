@@ -6,6 +6,7 @@ import pickle
 import types
 from typing import Any
 
+from dispy_core.byvalue import main_clone
 from dispy_core.errors import SerializationError
 
 
@@ -37,9 +38,9 @@ class PickleSerializer:
         """By value: dill records functions and classes of ``__main__`` with their code; a function from
         another module is cloned into ``__main__`` first, so nodes need not have that module."""
         if isinstance(obj, types.FunctionType) and obj.__module__ != "__main__":
-            obj = _main_clone(obj)
+            obj = main_clone(obj)
         elif isinstance(obj, list):
-            obj = [_main_clone(o) if isinstance(o, types.FunctionType) and o.__module__ != "__main__" else o
+            obj = [main_clone(o) if isinstance(o, types.FunctionType) and o.__module__ != "__main__" else o
                    for o in obj]
         import dill
 
@@ -49,11 +50,3 @@ class PickleSerializer:
             raise SerializationError(f"cannot serialize {obj!r} by value: {exc}") from exc
 
 
-def _main_clone(fn: types.FunctionType) -> types.FunctionType:
-    """A copy of ``fn`` that claims to live in ``__main__``: dill then ships its code, not its import path."""
-    clone = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    clone.__kwdefaults__ = fn.__kwdefaults__
-    clone.__qualname__ = fn.__qualname__
-    clone.__module__ = "__main__"
-    clone.__doc__ = fn.__doc__
-    return clone
