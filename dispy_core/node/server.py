@@ -27,6 +27,7 @@ from dispy_core.channel import Channel, _fmt
 from dispy_core.config import Config
 from dispy_core.errors import ConfigError, DispyError, ProtocolError
 from dispy_core.interfaces import ByteStream, JobExecutor, Listener
+from dispy_core.node import announce
 from dispy_core.node.admin import NodeAdmin
 from dispy_core.node.computations import ComputationHost, HostedComputation
 from dispy_core.node.jobs import JobRunner
@@ -36,7 +37,6 @@ from dispy_core.node.recovery import Recovery
 from dispy_core.node.service import ServiceState, ServiceWindow, minute_of_day
 from dispy_core.pluginmanager import DispyPluginManager
 from dispy_core.protocol import messages as m
-from dispy_core.protocol.codec import encode_frame
 from dispy_core.protocol.session import MAX_PAYLOAD
 from dispy_core.ratelog import Throttled
 from dispy_core.state import events as ev
@@ -207,7 +207,8 @@ class NodeServer:
         if self.options.service.active:
             self.apply_service_state()  # a window already closed refuses the very first job
         if self.options.scheduler_nodes:
-            await self._resolve_schedulers()
+            self.only_from.update(await announce.resolve_schedulers(self.options.scheduler_nodes))
+            log.info("dispynode %s serves only its scheduler(s): %s", self.name, ", ".join(sorted(self.only_from)))
         port = self.options.port
         self.listeners.clear()
         for bind in self.bind_hosts or [""]:  # "": every address, IPv4 and IPv6
@@ -229,7 +230,7 @@ class NodeServer:
         self.recovery.find_orphans()
         self._spawn(self.recovery.expire_loop(self._stopped))
         if self.options.discoverable:
-            self._start_discovery(port)
+            announce.start_discovery(self, port)
         if self.options.init_file:
             log.info("--init %s runs in each computation's host process, before its setup",
                      self.options.init_file)
@@ -254,44 +255,8 @@ class NodeServer:
                 f"TLS (--certfile) on networks you do not trust; connections {tls}")
 
     def served_addresses(self, port: int) -> list[tuple[str, int]]:
-        """Where clients can reach this node: each bound address (its ``--ext_host`` if given), or, bound to
-        every address, each usable address of the machine (loopback only when there is nothing else)."""
-        if self.options.ext_hosts:
-            return [(host, port) for host in self.options.ext_hosts]
-        if self.bind_hosts:
-            return [(host, port) for host in self.bind_hosts]
-        found: list[tuple[str, int]] = []
-        loopback: list[tuple[str, int]] = []
-        for addrs in psutil.net_if_addrs().values():
-            for addr in addrs:
-                if addr.family not in (socket.AF_INET, socket.AF_INET6):
-                    continue
-                ip = addr.address.split("%", 1)[0]
-                if ip.startswith("fe80:"):
-                    continue  # link-local: needs a scope a peer cannot know
-                (loopback if ip in ("127.0.0.1", "::1") or ip.startswith("127.") else found).append((ip, port))
-        return found or loopback
-
-    def _start_discovery(self, port: int) -> None:
-        discovery = self.plugins.make_discovery()
-        if not hasattr(discovery, "respond"):
-            log.info("discovery plugin %s does not answer pings: this node can only be named",
-                     getattr(discovery, "name", "?"))
-            return
-        from dispy import config as public  # the original's ports and groups (DispyPort - 1 is the client's)
-
-        scheduler_nodes = []
-        for spec in self.options.scheduler_nodes:
-            host, _, sport = spec.rpartition(":") if spec.count(":") == 1 else (spec, "", "")
-            scheduler_nodes.append((host or spec, int(sport) if sport.isdigit() else port - 1))
-        responder = discovery.respond(
-            secret=self.options.secret, name=self.name, node_port=port, client_port=port - 1,
-            addrs=self.served_addresses(port), hosts=self.bind_hosts, cpus=lambda: self.avail_cpus,
-            ping_interval=self.options.ping_interval, ipv4_multicast=self.options.ipv4_udp_multicast,
-            ipv4_group=public.IPv4MulticastGroup, ipv6_group=public.IPv6MulticastGroup,
-            scheduler_nodes=scheduler_nodes,
-            connected_from=lambda ip: any(c.peer and c.peer[0] == ip for c in self.channels))
-        self._spawn(responder.run())
+        """Where clients can reach this node (see :func:`announce.served_addresses`)."""
+        return announce.served_addresses(self.options.ext_hosts, self.bind_hosts, port)
 
     def _clean_prefix(self) -> None:
         for child in self.dest_path_prefix.iterdir():
@@ -426,32 +391,9 @@ class NodeServer:
         return names
 
     # ------------------------------------------------------------------ connections
-    async def _resolve_schedulers(self) -> None:
-        """``--scheduler_node``: the addresses this node serves, and no other (resolved once, at start)."""
-        loop = asyncio.get_running_loop()
-        for spec in self.options.scheduler_nodes:
-            host = spec.rpartition(":")[0] if spec.count(":") == 1 else spec.strip("[]")
-            try:
-                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-            except (OSError, UnicodeError) as exc:
-                raise ConfigError(f"--scheduler_node {spec!r} does not resolve: {exc}") from exc
-            self.only_from.update(str(info[4][0]) for info in infos)
-        log.info("dispynode %s serves only its scheduler(s): %s", self.name, ", ".join(sorted(self.only_from)))
-
-    async def _refuse_stranger(self, stream: ByteStream) -> None:
-        """A peer other than the scheduler this node serves: told why (an Error before the handshake), closed."""
-        reason = f"this node serves only its scheduler ({', '.join(sorted(self.only_from))})"
-        self._busy.warning("refused connection from %s: %s", _fmt(stream.peer), reason, key="stranger")
-        try:
-            stream.write_nowait(encode_frame(m.Error("refused", reason), seq=0, serializer="", mac_key=None))
-            await asyncio.wait_for(stream.read(4096), 1.0)  # its Hello: closing before it arrives would reset
-        except (OSError, DispyError, TimeoutError):  # the connection, and the peer would not read why
-            pass
-        await stream.close()
-
     async def _serve(self, stream: ByteStream) -> None:
         if self.only_from and stream.peer[0] not in self.only_from:
-            await self._refuse_stranger(stream)
+            await announce.refuse_stranger(stream, self.only_from, self._busy)
             return
         if self._unauthenticated >= self.max_unauthenticated:
             self._busy.warning("refused connection from %s: %d connections are still proving the secret "
