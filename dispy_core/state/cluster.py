@@ -121,8 +121,10 @@ class NodeRecord:
         self.run_time += run_time
         if self.deep > self.pipeline:
             average = self.run_time / self.jobs_done
-            self.depth = self.deep if average <= 0.0 else max(self.pipeline,
-                                                                min(self.deep, int(QUEUE_SECONDS / average)))
+            if average * self.deep <= QUEUE_SECONDS:  # (no division: a denormal average would overflow it)
+                self.depth = self.deep
+            else:
+                self.depth = max(self.pipeline, int(QUEUE_SECONDS / average))
 
     @property
     def full(self) -> int:

@@ -654,6 +654,14 @@ def test_short_jobs_deepen_the_pipeline_and_long_ones_keep_it_shallow() -> None:
     assert slow.depth == 2 and slow.capacity == 4
 
 
+def test_a_job_time_next_to_zero_gives_the_deepest_pipeline() -> None:
+    node = NodeRecord("a", 1, 1, 2, 16)
+    node.learn(2.2250738585e-313)  # 0.01 / this overflows a float: CI's hypothesis run found it
+    assert node.depth == 16
+    node.learn(-1.0)
+    assert node.depth == 16
+
+
 def test_without_a_deep_pipeline_short_jobs_keep_two_per_cpu() -> None:
     state = cluster()
     submitted(state, *range(1, 10))
