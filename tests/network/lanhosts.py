@@ -14,8 +14,10 @@ from dispy_core.testing.netns import Host
 
 SECRET = "lan-secret"
 CLIENT = """
-import json, sys, time
+import json, logging, sys, time
 import dispy
+
+logging.basicConfig(level=logging.INFO)  # a program that wants dispy's messages sets up logging (dispy never does)
 
 def compute(n):
     import socket
