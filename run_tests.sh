@@ -48,7 +48,8 @@ pids=() logs=()
 for other in "${others[@]:-}"; do
   [ -n "$other" ] || continue
   log=$(mktemp)
-  "$other" -m pytest -q -p no:cacheprovider tests/unit tests/conformance >"$log" 2>&1 &
+  DISPY_HYPOTHESIS_PROFILE=other-python "$other" -m pytest -q -p no:cacheprovider tests/unit tests/conformance \
+    >"$log" 2>&1 &
   pids+=($!) logs+=("$log")
 done
 status=0

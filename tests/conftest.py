@@ -6,8 +6,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from dispy_core.testing.nodes import NodeProcess, start_node
+
+# The unit tests also run on the other Pythons (run_tests.sh) to catch what a new Python breaks, not to search
+# as widely again: there they draw fewer examples (DISPY_HYPOTHESIS_PROFILE=other-python).
+settings.register_profile("other-python", max_examples=20)
+if os.environ.get("DISPY_HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["DISPY_HYPOTHESIS_PROFILE"])
 
 # Discovery in this process and its children stays on loopback unless a test says otherwise: nothing a
 # test does may broadcast or multicast on a real interface (tests of discovery run in network namespaces
