@@ -69,12 +69,27 @@ class NodeAllocate:
         return f"NodeAllocate({self.host!r}, port={self.port}, cpus={self.cpus})"
 
 
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """``'host:port'`` and ``'[v6]:port'`` (an extension: the original took host names only) into host and
+    port; anything else (a name, an address, ``'::1'``, a pattern) is a host with no port."""
+    head, sep, tail = text.rpartition(":")
+    if not sep or not tail.isdigit() or not head:
+        return text, None
+    if ":" in head and not (head.startswith("[") and head.endswith("]")):
+        return text, None  # a bare IPv6 address: its last group is not a port
+    port = int(tail)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"node {text!r}: port {port} is not in 1-65535")
+    return head.strip("[]"), port
+
+
 def to_node_allocate(item: Any, default_port: int) -> NodeAllocate:
     """Accept the forms the original did: string, NodeAllocate, dict or tuple."""
     if isinstance(item, NodeAllocate):
         node = item
     elif isinstance(item, str):
-        node = NodeAllocate(item)
+        host, port = split_host_port(item)
+        node = NodeAllocate(host, port=port)
     elif isinstance(item, dict):
         unknown = set(item) - {"host", "port", "cpus", "depends", "setup_args"}
         if unknown or "host" not in item:

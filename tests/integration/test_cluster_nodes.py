@@ -358,3 +358,12 @@ def test_status_never_says_discovery_ended_before_its_nodes_show(node: NodeProce
         cluster._node_snapshot = real_snapshot  # type: ignore[method-assign]
         status = cluster.status()
         assert status["nodes"] and status["discovering"] is False
+
+
+def test_a_node_named_host_colon_port_is_used(node: NodeProcess) -> None:
+    cluster = dispy.JobCluster(double, nodes=[f"127.0.0.1:{node.port}"], host="127.0.0.1")
+    try:
+        job = cluster.submit(21)
+        assert job is not None and job(timeout=60) == 42 and job.ip_addr == "127.0.0.1"
+    finally:
+        cluster.close()

@@ -55,3 +55,22 @@ def test_default_allocate() -> None:
     assert NodeAllocate("h", cpus=2).allocate(None, "ip", "n", 8) == 2
     assert NodeAllocate("h", cpus=-3).allocate(None, "ip", "n", 8) == 5
     assert NodeAllocate("h", cpus=-9).allocate(None, "ip", "n", 8) == 0
+
+
+@pytest.mark.parametrize(("text", "host", "port"), [
+    ("node7", "node7", 9701), ("node7:9801", "node7", 9801), ("10.0.0.5:40000", "10.0.0.5", 40000),
+    ("::1", "::1", 9701), ("[::1]:9801", "::1", 9801), ("fe80::1", "fe80::1", 9701),
+    ("2001:db8::1:9801", "2001:db8::1:9801", 9701), ("10.0.*", "10.0.*", 9701)])
+def test_a_node_string_may_carry_its_port(text: str, host: str, port: int) -> None:
+    from dispy_core.client.nodes import to_node_allocate
+
+    alloc = to_node_allocate(text, 9701)
+    assert (alloc.host, alloc.port) == (host, port)
+
+
+@pytest.mark.parametrize("text", ["node7:0", "node7:70000"])
+def test_a_node_string_with_a_bad_port_is_refused_with_its_name(text: str) -> None:
+    from dispy_core.client.nodes import to_node_allocate
+
+    with pytest.raises(ValueError, match=text):
+        to_node_allocate(text, 9701)
