@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 import dispy
 from dispy_core.testing.nodes import NodeProcess
 
@@ -86,8 +88,10 @@ def test_killed_node_restarts_on_the_same_port_and_prefix(node_factory: Factory,
         with dispy.JobCluster(triple, nodes=[again.host], dispy_port=base) as fresh:
             job = fresh.submit(5)
             assert job is not None and job() == 15
+        orphans = psutil.Process(again.proc.pid).children(recursive=True)  # its hosts end by themselves
         again.proc.send_signal(signal.SIGKILL)
         again.proc.wait(10)
+        psutil.wait_procs(orphans, timeout=20)  # none may still write into the prefix when --clean empties it
 
         cleaned = node_factory("--clean", prefix=prefix, base_port=base, log_dir=logs)
         assert not any((prefix / name).exists() for name in leftovers)
