@@ -1,6 +1,6 @@
 """Finding the nodes a cluster's wildcard patterns stand for, through the discovery plugin's search.
 
-Named hosts are contacted directly (``NodeLife.discover``); a pattern (``'*'``, ``'192.168.3.*'``) can only be
+Named hosts are contacted directly (``NodeLife.discover``); a pattern (``'*'``, ``'node-*'``) can only be
 matched against the nodes that answer a ping or announce themselves, now or later, so the search keeps
 listening for as long as the cluster lives.
 """

@@ -48,7 +48,8 @@ def test_a_pattern_that_matches_no_node_uses_none_and_says_what_it_tried(lab: La
     client = lab.add_host("client")
     # safe: a pattern only matched, never contacted; the client runs in the lab's own namespace
     # want_nodes=0: no wait for a node that cannot come (the job itself waits first_node_timeout)
-    outcome = run_client(client, {"nodes": ["192.168.77.*"], "first_node_timeout": 4}, want_nodes=0, jobs=1)
+    outcome = run_client(client, {"nodes": ["192.168.77.*"], "first_node_timeout": 4},  # safe: lab namespace
+                         want_nodes=0, jobs=1)
     assert outcome["found"] == []
     assert outcome["results"][0][0] == 10  # Abandoned, with the reason
     assert "pinged" in outcome["log"] and "via eth0" in outcome["log"], outcome["log"]
