@@ -128,7 +128,7 @@ def future_of(job: DispyJob) -> JobFuture:
         future = job._future
         if future is None:
             future = job._future = JobFuture(job)
-            if job._done.is_set():
+            if job._is_done:
                 _settle(future, job)
     return future
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import json
 import re
 import struct
 import typing
@@ -30,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import wirejson
 from ..buffers import coalesce
 from ..errors import FrameTooLarge, ProtocolError
 from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, field_kinds
@@ -138,7 +138,7 @@ def _body_parts(msg: Message) -> tuple[list[Any], int]:
     """The body as a list of buffers (blobs are not copied) and its total length."""
     spec = _spec(_message_class(msg))
     obj = {name: getattr(msg, name) for name in spec.json_names}
-    js = json.dumps(obj, separators=(",", ":")).encode("ascii")  # ensure_ascii: lone surrogates survive
+    js = wirejson.dumps(obj).encode("ascii")  # ensure_ascii: lone surrogates survive
     parts: list[Any] = [_U32.pack(len(js)), js]
     total = 4 + len(js)
     for name, _ in spec.blob_fields:
@@ -197,7 +197,7 @@ def decode_body(msg_type: int, body: bytes | bytearray | memoryview, views: bool
         if pos > size:
             raise ProtocolError(f"{cls.__name__}: JSON length {json_len} overruns the body")
         try:
-            obj = json.loads(str(mv[4:pos], "utf-8"))
+            obj = wirejson.loads(str(mv[4:pos], "utf-8"))
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise ProtocolError(f"{cls.__name__}: invalid JSON in body: {exc}") from None
         if type(obj) is not dict:
@@ -275,9 +275,10 @@ def encode_frame(msg: Message, *, seq: int, serializer: str, mac_key: bytes | No
     return b"".join(encode_frame_parts(msg, seq=seq, serializer=serializer, mac_key=mac_key))
 
 
-def encode_frame_parts(msg: Message, *, seq: int, serializer: str, mac_key: bytes | None) -> list[Any]:
+def encode_frame_parts(msg: Message, *, seq: int, serializer: str, mac_key: bytes | None,
+                       body: tuple[list[Any], int] | None = None) -> list[Any]:
     """The frame for ``msg`` as buffers to write in order: a large payload is not copied into a frame
-    (one buffer when the frame is small)."""
+    (one buffer when the frame is small). ``body`` is ``body_parts(msg)`` when the caller has it already."""
     cls = _message_class(msg)
     try:
         sername = serializer.encode("ascii")
@@ -285,7 +286,7 @@ def encode_frame_parts(msg: Message, *, seq: int, serializer: str, mac_key: byte
         raise ValueError(f"serializer name {serializer!r} is not ASCII") from None
     if len(sername) > 255 or _SERIALIZER_NAME.fullmatch(sername) is None:
         raise ValueError(f"invalid serializer name {serializer!r}")
-    parts, body_len = _body_parts(msg)
+    parts, body_len = body if body is not None else _body_parts(msg)
     flags = FLAG_MAC if mac_key is not None else 0
     large = body_len > POLY1305_MIN_BODY
     if large and mac_key is not None:

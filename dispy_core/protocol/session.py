@@ -192,7 +192,8 @@ class Session:
                                   f"a message may have (max_payload)")
         if size > FRAGMENT_SIZE:
             return self._fragments(type(msg).CODE, body, size)
-        parts = encode_frame_parts(msg, seq=self._send_seq, serializer=self.serializer, mac_key=self._send_key)
+        parts = encode_frame_parts(msg, seq=self._send_seq, serializer=self.serializer, mac_key=self._send_key,
+                                   body=(body, size))
         self._send_seq += 1
         return parts
 

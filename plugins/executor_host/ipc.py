@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import os
 import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from dispy_core import wirejson
 from dispy_core.buffers import coalesce, nbytes
 from dispy_core.errors import IPCError  # raised here; ipc.IPCError keeps working
 
@@ -25,8 +25,6 @@ DEFAULT_MAX_FRAME = 256 * 1024 * 1024
 
 _LEN = struct.Struct("!I")
 _PREFIX = struct.Struct("!IHI")
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
-_DECODER = json.JSONDecoder()
 
 Frame = tuple[dict[str, Any], list[bytes]]
 
@@ -44,7 +42,7 @@ def encode(header: dict[str, Any], blobs: Sequence[Buffer] = ()) -> bytes:
 
 def encode_parts(header: dict[str, Any], blobs: Sequence[Buffer] = ()) -> list[Buffer]:
     """One frame as buffers to write in order: small parts joined, large blobs as they are."""
-    head = _ENCODER.encode(header).encode("ascii")
+    head = wirejson.dumps(header).encode("ascii")
     n = len(blobs)
     lens = [nbytes(b) for b in blobs]
     body_len = 6 + 4 * n + len(head) + sum(lens)
@@ -141,7 +139,7 @@ def _decode_body(body: memoryview, views: bool) -> Frame:
         if pos + json_len + sum(lens) != len(body):
             raise IPCError("frame blob lengths do not add up to the frame length")
         try:
-            header = _DECODER.decode(bytes(body[pos:pos + json_len]).decode("ascii"))
+            header = wirejson.loads(bytes(body[pos:pos + json_len]).decode("ascii"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise IPCError(f"frame header is not valid JSON: {exc}") from None
         if not isinstance(header, dict) or not isinstance(header.get("op"), str):
