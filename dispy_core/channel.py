@@ -15,7 +15,7 @@ from typing import Any
 from dispy_core.errors import DispyError, PeerClosedError, ProtocolError, RemoteError, TransportError
 from dispy_core.interfaces import ByteStream, Serializer, Transport
 from dispy_core.protocol import messages as m
-from dispy_core.protocol.session import Session
+from dispy_core.protocol.session import Prepared, Session
 from dispy_core.ratelog import Throttled
 
 log = logging.getLogger("dispy.channel")
@@ -44,7 +44,7 @@ class Channel:
         self._early = early
         self._req_ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[m.Message]] = {}
-        self._held: list[Any] | None = None  # frames queued by send_nowait between hold() and flush()
+        self._held: list[Prepared] | None = None  # messages send_nowait queued, framed by flush()
         self.close_code = ""  # the code of the peer's farewell, if it said why it closed
 
     # ------------------------------------------------------------------ establishing
@@ -127,11 +127,14 @@ class Channel:
         return True
 
     def flush(self) -> None:
-        """Write what was held, in order: small frames joined into one buffer, large ones as they are (a
-        copy of megabytes costs more than the writes it saves)."""
-        held, self._held = self._held, None
-        if not held or self.closed:
+        """Write what was held, in order: its small messages framed together (see ``Session.send_many``)
+        and joined into one buffer, large ones as they are (a copy of megabytes costs more than the
+        writes it saves)."""
+        prepared, self._held = self._held, None
+        if not prepared or self.closed or self.session.failed:  # failed: its keys are gone
             return
+        held = self.session.send_many(prepared)
+        self.tx_bytes += sum(len(p) for p in held)
         try:
             if len(held) == 1:
                 self.stream.write_nowait(held[0])
@@ -173,11 +176,11 @@ class Channel:
         costs more than the frames themselves when jobs are tiny)."""
         if self.closed:
             return False
-        parts = self._frame(msg)
+        prepared = self.session.prepare(msg)  # a message that cannot be sent fails here, not at the flush
         if self._held is None:  # corked: whatever this loop iteration sends leaves in one write, after it
             self._held = []
             asyncio.get_running_loop().call_soon(self.flush)
-        self._held.extend(parts)
+        self._held.append(prepared)
         return True
 
     async def request(self, msg: m.Message, timeout: float) -> m.Message:

@@ -62,6 +62,8 @@ class Hello(Message):
     name: str = ""
     versions: list[int] = field(default_factory=lambda: [PROTOCOL_VERSION])
     software: str = ""
+    features: list[str] = field(default_factory=list)
+    """Optional parts of the protocol this side speaks (``"batch"``); an older peer ignores the key."""
 
 
 @message(2)
@@ -74,6 +76,8 @@ class Challenge(Message):
     version: int = PROTOCOL_VERSION
     name: str = ""
     software: str = ""
+    features: list[str] = field(default_factory=list)
+    """The features of the Hello's list this side speaks too: what both may use from now on."""
 
 
 @message(3)
@@ -125,6 +129,18 @@ class Fragment(Message):
     total: int
     data: bytes
     last: bool = False
+
+
+@message(9)
+@dataclass(frozen=True, slots=True)
+class Batch(Message):
+    """Several small messages in one frame, for a peer that offered ``"batch"``: one header, one MAC and
+    one parse for all of them (a tiny job's messages cost more in framing than in their bodies).
+    ``bodies`` is their bodies one after another; ``codes`` and ``sizes`` say what each is."""
+
+    codes: list[int]
+    sizes: list[int]
+    bodies: bytes
 
 
 # --------------------------------------------------------------------------- node info (10-19)

@@ -35,7 +35,8 @@ from ..interfaces import Serializer
 from . import messages as m
 from .codec import Frame, FrameDecoder, body_parts, decode_body, encode_frame, encode_frame_parts
 
-__all__ = ["FRAGMENT_SIZE", "HANDSHAKE_FRAME_LIMIT", "MAX_PAYLOAD", "NONCE_SIZE", "DerivedKey", "Session", "secret_key"]
+__all__ = ["FEATURES", "FRAGMENT_SIZE", "HANDSHAKE_FRAME_LIMIT", "MAX_PAYLOAD", "NONCE_SIZE", "DerivedKey",
+           "Prepared", "Session", "secret_key"]
 
 NONCE_SIZE = 32
 FRAGMENT_SIZE = 8 << 20
@@ -44,7 +45,18 @@ MAX_PAYLOAD = 1 << 30
 """Bytes one message may carry (an argument, a result, a provisional result): both sides' ``max_payload``."""
 HANDSHAKE_FRAME_LIMIT = 65536  # an unauthenticated peer cannot make us buffer more than this
 SUPPORTED_VERSIONS = (m.PROTOCOL_VERSION,)
+FEATURES = ("batch",)
+"""Optional parts of the protocol this version speaks; the handshake agrees on those both sides offer."""
+BATCH_BODY_MAX = 16384
+"""A message with a larger body travels in a frame of its own (joining it into a Batch would copy it)."""
+BATCH_BYTES = 1 << 20
+BATCH_COUNT = 4096
+"""At most this many messages in one Batch (a peer's larger one is refused)."""
 _HANDSHAKE_TYPES = (m.Hello, m.Challenge, m.Auth, m.AuthOk)
+_NOT_IN_BATCH = frozenset({m.Batch.CODE, m.Fragment.CODE, *(t.CODE for t in _HANDSHAKE_TYPES)})
+
+Prepared = tuple[m.Message, list[Any], int]
+"""A message checked and its body encoded (``Session.prepare``), not yet framed: (message, body buffers, size)."""
 
 # states
 _IDLE = "idle"  # initiator before start()
@@ -75,6 +87,8 @@ def _hmac(key: bytes, *parts: bytes) -> bytes:
 class Session:
     """The protocol state of one connection; feeds on bytes, produces messages and bytes (like h11).
 
+    ``features`` are the optional parts of the protocol this side offers (default: all of ``FEATURES``);
+    ``self.features`` holds, once the handshake is done, those the peer speaks too.
     ``serializers`` is the accept list: a frame naming another serializer is refused; a list of names
     accepts those names but gives no serializer to ``loads`` with. ``serializer`` is the name this side
     puts in the frames it sends. After any error the session is failed and every call raises
@@ -94,6 +108,7 @@ class Session:
         serializer: str = "pickle",
         max_frame_size: int = FRAGMENT_SIZE + 65536,
         max_payload: int = MAX_PAYLOAD,
+        features: tuple[str, ...] = FEATURES,
     ) -> None:
         self.initiator = initiator
         self.name = name
@@ -117,6 +132,8 @@ class Session:
         self.peer_role = ""  # the role an initiating peer announced
         self.peer_serializer = ""  # the name in the peer's latest frame: what its blobs are loaded with
         self.blob_views = False  # large blobs as read-only views, not copies (a node only passes them on)
+        self._offer = tuple(features)
+        self.features: frozenset[str] = frozenset()
         self._key = secret_key(secret)
         self._state = _IDLE if initiator else _WAIT_HELLO
         self._nonce = b""  # ours
@@ -165,6 +182,7 @@ class Session:
             name=self.name,
             versions=list(SUPPORTED_VERSIONS),
             software=self.software,
+            features=list(self._offer),
         )
         self._outgoing += encode_frame(hello, seq=0, serializer="", mac_key=None)
         self._state = _WAIT_CHALLENGE
@@ -181,15 +199,52 @@ class Session:
 
     def send_parts(self, msg: m.Message) -> list[Any]:
         """Like :meth:`send`, as buffers to write in order (a large payload is not copied into a frame)."""
+        return self._frame(self.prepare(msg))
+
+    def prepare(self, msg: m.Message) -> Prepared:
+        """Check ``msg`` and encode its body, to be framed later by :meth:`send_many` (errors come now)."""
         self._check_usable()
         if self._state != _READY:
             raise ProtocolError("cannot send before the peer is authenticated")
-        if isinstance(msg, _HANDSHAKE_TYPES):
-            raise ProtocolError(f"{type(msg).__name__} is a handshake message")
+        if isinstance(msg, (*_HANDSHAKE_TYPES, m.Batch)):
+            raise ProtocolError(f"{type(msg).__name__} is not a message to send")
         body, size = body_parts(msg)
         if size > self.max_payload:
             raise PayloadTooLarge(f"{type(msg).__name__} of {size} bytes is above the {self.max_payload} bytes "
                                   f"a message may have (max_payload)")
+        return msg, body, size
+
+    def send_many(self, prepared: list[Prepared]) -> list[Any]:
+        """The frames of prepared messages, in order, as buffers to write: when the peer speaks ``"batch"``,
+        each run of small ones shares one Batch frame."""
+        if "batch" not in self.features or len(prepared) < 2:
+            return [part for item in prepared for part in self._frame(item)]
+        out: list[Any] = []
+        run: list[Prepared] = []
+        run_bytes = 0
+        for item in prepared:
+            size = item[2]
+            if size > BATCH_BODY_MAX:
+                out += self._frame_run(run)
+                out += self._frame(item)
+                run, run_bytes = [], 0
+                continue
+            if len(run) == BATCH_COUNT or run_bytes + size > BATCH_BYTES:
+                out += self._frame_run(run)
+                run, run_bytes = [], 0
+            run.append(item)
+            run_bytes += size
+        return out + self._frame_run(run)
+
+    def _frame_run(self, run: list[Prepared]) -> list[Any]:
+        if len(run) < 2:
+            return [part for item in run for part in self._frame(item)]
+        batch = m.Batch([type(msg).CODE for msg, _, _ in run], [size for _, _, size in run],
+                        b"".join([part for _, body, _ in run for part in body]))
+        return self._frame((batch, *body_parts(batch)))
+
+    def _frame(self, item: Prepared) -> list[Any]:
+        msg, body, size = item
         if size > FRAGMENT_SIZE:
             return self._fragments(type(msg).CODE, body, size)
         parts = encode_frame_parts(msg, seq=self._send_seq, serializer=self.serializer, mac_key=self._send_key,
@@ -229,7 +284,10 @@ class Session:
                         if whole is None:
                             continue
                         msg = whole
-                    out.append(msg)
+                    if isinstance(msg, m.Batch):
+                        out += self._unbatch(msg)
+                    else:
+                        out.append(msg)
                 else:
                     self._handshake_frame(frame)
                     if self._state == _READY:
@@ -273,7 +331,7 @@ class Session:
             if not 0 < piece.total <= self.max_payload:
                 raise PayloadTooLarge(f"peer announces a message of {piece.total} bytes; at most "
                                       f"{self.max_payload} are accepted (max_payload)")
-            if piece.msg_type in (m.Fragment.CODE, *(t.CODE for t in _HANDSHAKE_TYPES)):
+            if piece.msg_type in _NOT_IN_BATCH - {m.Batch.CODE}:
                 raise ProtocolError(f"fragments of message type {piece.msg_type} are not allowed")
             self._assembly = (piece.msg_type, bytearray(piece.total), 0)
         msg_type, buffer, filled = self._assembly
@@ -289,6 +347,25 @@ class Session:
         if filled != len(buffer):
             raise ProtocolError(f"message reassembled from fragments has {filled} of its {len(buffer)} bytes")
         return decode_body(msg_type, memoryview(buffer), self.blob_views)
+
+    def _unbatch(self, batch: m.Batch) -> list[m.Message]:
+        """The messages of a Batch frame (already MAC-verified), each checked as if it came alone."""
+        if "batch" not in self.features:
+            raise ProtocolError("Batch frame from a peer that did not agree to batching")
+        codes, sizes = batch.codes, batch.sizes
+        if len(codes) != len(sizes) or not 0 < len(codes) <= BATCH_COUNT:
+            raise ProtocolError(f"Batch of {len(codes)} codes and {len(sizes)} sizes (at most {BATCH_COUNT})")
+        if min(sizes) < 0 or sum(sizes) != len(batch.bodies):
+            raise ProtocolError("Batch sizes do not add up to its bodies")
+        out: list[m.Message] = []
+        pos = 0
+        bodies = memoryview(batch.bodies)
+        for code, size in zip(codes, sizes, strict=True):
+            if code in _NOT_IN_BATCH:
+                raise ProtocolError(f"message type {code} cannot travel in a Batch")
+            out.append(decode_body(code, bodies[pos:pos + size]))
+            pos += size
+        return out
 
     def farewell(self, reason: str, code: str = "closing") -> bytes:
         """A last Error frame saying why we end the connection (unMAC'd: usable after the session failed).
@@ -371,6 +448,7 @@ class Session:
         if self._nonce == self._peer_nonce:
             raise AuthenticationError("peer reflected our nonce")
         self.peer_name, self.peer_software, self.peer_role = hello.name, hello.software, hello.role
+        self.features = frozenset(hello.features) & frozenset(self._offer)
         nc, ns = self._peer_nonce, self._nonce
         challenge = m.Challenge(
             nonce=ns,
@@ -378,6 +456,7 @@ class Session:
             version=max(common),
             name=self.name,
             software=self.software,
+            features=sorted(self.features),
         )
         self._outgoing += encode_frame(challenge, seq=0, serializer="", mac_key=None)
         self._state = _WAIT_AUTH
@@ -398,6 +477,7 @@ class Session:
             )
         self._peer_nonce = ns
         self.peer_name, self.peer_software = challenge.name, challenge.software
+        self.features = frozenset(challenge.features) & frozenset(self._offer)
         auth = m.Auth(proof=_hmac(self._key, b"dispy-client", nc, ns))
         self._outgoing += encode_frame(auth, seq=0, serializer="", mac_key=None)
         self._derive_keys(nc, ns)

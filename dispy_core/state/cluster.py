@@ -11,7 +11,9 @@ It is pure: events in (``state.events``), instructions out, no I/O and no clock.
   lowered them below what the node granted. When its jobs prove short, up to ``deep_pipeline`` per CPU:
   about ``QUEUE_SECONDS`` of work waits there per CPU, so that results and jobs travel in batches (one
   write, one wake-up of each process, for many tiny jobs) while a long job never waits behind a deep queue.
-  A job sent beyond the node's CPUs waits there and stays
+  A node with a deep queue is topped up only once it has drained below its ``low_water`` (its CPUs plus
+  half the queue beyond them), and then to its capacity at once: jobs go to it many in one frame rather
+  than one per result, and its CPUs still never wait. A job sent beyond the node's CPUs waits there and stays
   ``Created`` until the node says it started. ``busy`` is the number of jobs in flight: never a counter.
 - **Choice.** Pinned jobs go first to their node. Then the scheduler plugin (``interfaces.Scheduler``)
   assigns pending jobs to nodes with room; assignments that name an unknown job or node, a pinned job,
@@ -136,6 +138,14 @@ class NodeRecord:
         """Jobs to keep in flight here (see the module's "Capacity")."""
         full = self.full
         return full if self.limit is None else min(full, self.limit)
+
+    @property
+    def has_room(self) -> bool:
+        """Whether to send it jobs now: below its capacity, and for a deep queue below its low water."""
+        capacity, busy = self.capacity, len(self.in_flight)
+        if capacity <= 2 * self.cpus:
+            return busy < capacity
+        return busy < self.cpus + (capacity - self.cpus + 1) // 2
 
     def relax(self) -> None:
         """Try one job more than the node last held (a result came back, or time passed)."""
@@ -506,7 +516,7 @@ class ClusterState:
         room = []
         for node_id in list(self._room):
             node = self.nodes.get(node_id)
-            if node is not None and node.accepting and len(node.in_flight) < node.capacity:
+            if node is not None and node.accepting and node.has_room:
                 room.append(node)
             else:
                 del self._room[node_id]

@@ -668,3 +668,28 @@ def test_without_a_deep_pipeline_short_jobs_keep_two_per_cpu() -> None:
     state.handle(NodeReady("a", 1, T))
     state.handle(ResultArrived(1, "a", Finished, 0.0001, T))
     assert state.nodes["a"].busy == 2
+
+
+def test_a_deep_queue_is_topped_up_in_batches_below_its_low_water() -> None:
+    state = cluster(deep_pipeline=16)
+    submitted(state, *range(1, 200))
+    state.handle(NodeReady("a", 2, T))
+    state.handle(ResultArrived(1, "a", Finished, 0.0001, T))
+    node = state.nodes["a"]
+    assert node.busy == 32  # 2 CPUs, 16 deep
+    uid = 2
+    for _ in range(15):  # down to 17 in flight: the CPUs' 2 plus half of the 30 waiting, still above
+        out = state.handle(ResultArrived(uid, "a", Finished, 0.0001, T))
+        uid += 1
+        assert not [i for i in out if isinstance(i, SendJobs)], out
+    out = state.handle(ResultArrived(uid, "a", Finished, 0.0001, T))  # 16 in flight: below, topped up
+    sends = [i for i in out if isinstance(i, SendJobs)]
+    assert len(sends) == 1 and len(sends[0].uids) == 16 and node.busy == 32
+
+
+def test_a_shallow_queue_gets_a_job_per_result() -> None:
+    state = cluster(deep_pipeline=16)
+    submitted(state, *range(1, 20))
+    state.handle(NodeReady("a", 2, T))
+    out = state.handle(ResultArrived(1, "a", Finished, 1.0, T))  # long jobs: two per CPU
+    assert [i for i in out if isinstance(i, SendJobs)] == [SendJobs("a", (5,))]
