@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 
 from dispy_core.client.allocation import NodeEntry, parse_nodes
 from dispy_core.client.computation import Package, file_depend, package
-from dispy_core.client.connections import CLOSED, CLOSING, CONNECTING, READY, SETUP
+from dispy_core.client.connections import READY
 from dispy_core.client.driver import ClientDriver
 from dispy_core.client.files import send_file_depend
 from dispy_core.client.job import DispyJob
+from dispy_core.client.nodeops import NodeOps
 from dispy_core.client.nodes import DispyNode
-from dispy_core.client.progress import JobCounts, format_seconds
+from dispy_core.client.progress import JobCounts, status_table
 from dispy_core.client.recovery import RecoverLog
 from dispy_core.client.runtime import CallbackThread, LoopThread
 from dispy_core.config import load_config
@@ -185,6 +186,7 @@ class JobCluster:
         self._discovered = threading.Event()
         self._driver = ClientDriver(self)
         self._life = self._driver.life
+        self._ops = NodeOps(self)
         self._loop.submit(self._discover_initial())
 
     # ================================================================== public API: jobs
@@ -214,7 +216,7 @@ class JobCluster:
             args = tuple(str(a) for a in args)
         pinned = None
         if node is not None:
-            pinned = self._call(self._pin_key, node, default=None)
+            pinned = self._call(self._ops.pin_key, node, default=None)
             if pinned is None:
                 log.warning("job not submitted: node %r is not in cluster %s", node, self.name)
                 return None
@@ -359,30 +361,30 @@ class JobCluster:
     def allocate_node(self, node: Any) -> int:
         """Use ``node`` (name, address, DispyNode, NodeAllocate or wildcard) for this cluster: 0 if it is
         (or, for a wildcard, will be) used, -1 if it could not be set up."""
-        return self._run(self._allocate_node(node), self._op_timeout(), default=-1)
+        return self._run(self._ops.allocate(node), self._op_timeout(), default=-1)
 
     def deallocate_node(self, node: Any) -> int:
         """Send no new jobs to ``node``; its running jobs finish and its setup stays (allocate_node resumes)."""
-        return self._call(self._deallocate_node, node, default=-1)
+        return self._call(self._ops.deallocate, node, default=-1)
 
     def close_node(self, node: Any, terminate: bool = False) -> int:
         """Release ``node``: no new jobs; once its running jobs finish (or are terminated), it runs
         ``cleanup`` and removes the files. Returns 0 at once; ``cluster_status`` gets ``DispyNode.Closed``."""
-        return self._call(self._request_close, node, terminate, default=-1)
+        return self._call(self._ops.close, node, terminate, default=-1)
 
     def resetup_node(self, node: Any) -> int:
         """Close the computation on ``node`` without releasing it, call ``allocate`` again (new
         ``setup_args``/``depends``) and set it up again. Returns 0 at once; ``Initialized`` follows."""
-        return self._call(self._request_resetup, node, default=-1)
+        return self._call(self._ops.resetup, node, default=-1)
 
     def node_jobs(self, node: Any) -> list[DispyJob]:
         """The jobs running on ``node`` now."""
-        return self._call(self._node_jobs, node, default=[])
+        return self._call(self._ops.jobs, node, default=[])
 
     def set_node_cpus(self, node: Any, cpus: int) -> int:
         """Use ``cpus`` CPUs of ``node`` (0: all it granted; negative: all but that many): the CPUs now
         used, or -1 if the node is not usable or the number leaves none."""
-        return self._call(self._set_node_cpus, node, cpus, default=-1)
+        return self._call(self._ops.set_cpus, node, cpus, default=-1)
 
     def send_file(self, path: Any, node: Any) -> int:
         """Send a file into the computation's directory on ``node``, keeping its relative directory
@@ -402,7 +404,7 @@ class JobCluster:
             pending = sum(1 for j in self._jobs.values() if j.status == JobStatus.Created)
             running = sum(1 for j in self._jobs.values() if j.status == JobStatus.Running)
             unfinished = self._unfinished
-        nodes, failed = self._call(self._node_snapshot, default=None) or self._node_snapshot()
+        nodes, failed = self._call(self._ops.snapshot, default=None) or self._ops.snapshot()
         return {"name": self.name, "nodes": nodes, "failed_nodes": failed, "pending": pending,
                 "running": running, "unfinished": unfinished, "discovering": discovering}
 
@@ -411,30 +413,10 @@ class JobCluster:
 
     def format_status(self) -> str:
         """The table ``print_status`` prints: per node CPUs, jobs, times and bytes sent / received."""
-        records = self._call(self._status_records, default=None) or list(self._life.records.values())
-        lines = ["", f"{'Node':>24} | {'CPUs':>4} | {'Jobs':>5} | {'Sec/Job':>8} | {'Node Time Sec':>13} | "
-                 f"{'Sent':>9} | {'Rcvd':>9}", "-" * 90]
-        total_time = 0.0
-        total_jobs = 0
-        for node in records:
-            per_job = node.cpu_time / node.jobs_done if node.jobs_done else 0.0
-            label = f"{node.ip_addr}" + (f" ({node.name})" if node.name else "")
-            lines.append(f"{label[:24]:>24} | {node.cpus:>4} | {node.jobs_done:>5} | {format_seconds(per_job, 8)} | "
-                         f"{format_seconds(node.cpu_time, 13)} | {_human(node.tx):>9} | {_human(node.rx):>9}")
-            total_time += node.cpu_time
-            total_jobs += node.jobs_done
-        wall = time.time() - self._start_time
-        speedup = total_time / wall if wall > 0 else 0.0
+        records = self._call(self._ops.records, default=None) or list(self._life.records.values())
         with self._lock:
             rate = self._counts.rate()
-        lines.append("")
-        job_time = format_seconds(total_time) + ("" if 0 < total_time < 1 else " sec")
-        lines.append(f"Total job time: {job_time}, wall time: {wall:.3f} sec, "
-                     f"speedup: {speedup:.3f}")
-        per_job_total = format_seconds(total_time / total_jobs) if total_jobs else "-"
-        lines.append(f"Jobs done: {total_jobs}, {per_job_total} per job on a node, {rate:.1f} jobs/s "
-                     f"(from the first submit to the last job done)")
-        return "\n".join(lines)
+        return status_table(records, self._start_time, rate)
 
     # ------------------------------------------------------------------ crossing into the loop thread
     def _loop_alive(self) -> bool:
@@ -499,89 +481,6 @@ class JobCluster:
             options["recover"] = True  # the node keeps results until acknowledged, and after we are gone
         return options
 
-    def _pin_key(self, spec: Any) -> str | None:
-        conn = self._life.find(spec)
-        if conn is not None:
-            return conn.node.key
-        if self._discovered.is_set():
-            return None
-        if isinstance(spec, DispyNode):
-            return spec.key
-        return f"{spec}:{self.node_port}" if isinstance(spec, str) else None  # may still be being found
-
-    async def _allocate_node(self, spec: Any) -> int:
-        entries = parse_nodes(spec, self.node_port)
-        if len(entries) != 1:
-            raise ValueError(f"allocate_node takes one node, not {spec!r}")
-        entry = entries[0]
-        if entry.alloc.is_pattern:
-            self._entries.append(entry)  # applies to nodes found from now on, and to deallocated ones now
-            for conn in list(self._life.nodes.values()):
-                if conn.state == READY and entry.alloc.matches(conn.node.ip_addr, conn.node.name):
-                    self._life.set_allocated(conn, True)
-            return 0
-        known = self._life.find(spec if isinstance(spec, DispyNode | str) else entry.alloc)
-        if known is not None and known.op is not None and not known.op.done():
-            await asyncio.wait([known.op])
-        if not entry.plain:
-            self._entries.insert(0, entry)  # its settings govern this node from now on
-        conns = await self._life.discover([entry]) if known is None or known.state != READY else [known]
-        usable = 0
-        for conn in conns:
-            if conn.state == READY:
-                self._life.set_allocated(conn, True)
-                usable += 1
-        return 0 if usable else -1
-
-    def _deallocate_node(self, spec: Any) -> int:
-        conn = self._life.find(spec)
-        if conn is None or conn.state not in (READY, SETUP, CONNECTING):
-            return -1
-        self._life.set_allocated(conn, False)
-        return 0
-
-    def _request_close(self, spec: Any, terminate: bool) -> int:
-        conn = self._life.find(spec)
-        if conn is None or conn.state == CLOSED:
-            return -1
-        if conn.state != CLOSING:
-            self._life.queue_op(conn, lambda: self._life.close_op(conn, release=True, terminate=terminate))
-        return 0
-
-    def _request_resetup(self, spec: Any) -> int:
-        conn = self._life.find(spec)
-        if conn is None or conn.state != READY:
-            return -1
-        self._life.queue_op(conn, lambda: self._life.resetup_op(conn))
-        return 0
-
-    def _node_jobs(self, spec: Any) -> list[DispyJob]:
-        conn = self._life.find(spec)
-        if conn is None:
-            return []
-        jobs = self._driver.jobs
-        return [jobs[uid] for uid in self._driver.state.running_uids(conn.node.key) if uid in jobs]
-
-    def _set_node_cpus(self, spec: Any, cpus: int) -> int:
-        conn = self._life.find(spec)
-        if conn is None or conn.state != READY or not isinstance(cpus, int):
-            return -1
-        limit = conn.max_cpus
-        wanted = limit if cpus == 0 else (limit + cpus if cpus < 0 else min(cpus, limit))
-        if wanted <= 0:
-            log.warning("set_node_cpus(%s, %d): leaves no CPU of the %d granted", conn.node.key, cpus, limit)
-            return -1
-        self._driver.feed(ev.NodeCpus(conn.node.key, wanted))
-        self._driver.sync(conn)
-        return wanted
-
-    def _node_snapshot(self) -> tuple[list[DispyNode], dict[str, str]]:
-        return self._life.snapshot()
-
-    def _status_records(self) -> list[DispyNode]:
-        self._life.snapshot()
-        return list(self._life.records.values())
-
     # ------------------------------------------------------------------ the driver's calls back
     def _job_done(self, job: DispyJob) -> None:
         """A job reached its final status (its waiters wake; ``wait()`` counts it)."""
@@ -606,11 +505,3 @@ def _public_config() -> Any:
         return public_config
     except ImportError:
         return None
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "K", "M", "G"):
-        if n < 1024:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} T"

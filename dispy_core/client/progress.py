@@ -1,4 +1,5 @@
-"""How far a cluster's jobs are: running totals, and the live bar of ``cluster.wait(progress=True)``.
+"""How far a cluster's jobs are: running totals, the live bar of ``cluster.wait(progress=True)``, and the
+table ``print_status`` prints.
 
 Ten thousand tiny jobs take long enough to wonder whether anything happens, and short enough that
 ``Sec/Job 0.000`` says nothing: the totals here give the rate (jobs/s) and the bar shows it while
@@ -105,3 +106,36 @@ def wait_with_progress(cluster: JobCluster, timeout: float | None, stream: TextI
                 return finished
     finally:
         bar.close()
+
+
+def status_table(records: list[Any], start_time: float, rate: float) -> str:
+    """The table ``print_status`` prints: per node CPUs, jobs, times and bytes sent / received."""
+    lines = ["", f"{'Node':>24} | {'CPUs':>4} | {'Jobs':>5} | {'Sec/Job':>8} | {'Node Time Sec':>13} | "
+             f"{'Sent':>9} | {'Rcvd':>9}", "-" * 90]
+    total_time = 0.0
+    total_jobs = 0
+    for node in records:
+        per_job = node.cpu_time / node.jobs_done if node.jobs_done else 0.0
+        label = f"{node.ip_addr}" + (f" ({node.name})" if node.name else "")
+        lines.append(f"{label[:24]:>24} | {node.cpus:>4} | {node.jobs_done:>5} | {format_seconds(per_job, 8)} | "
+                     f"{format_seconds(node.cpu_time, 13)} | {_human(node.tx):>9} | {_human(node.rx):>9}")
+        total_time += node.cpu_time
+        total_jobs += node.jobs_done
+    wall = time.time() - start_time
+    speedup = total_time / wall if wall > 0 else 0.0
+    lines.append("")
+    job_time = format_seconds(total_time) + ("" if 0 < total_time < 1 else " sec")
+    lines.append(f"Total job time: {job_time}, wall time: {wall:.3f} sec, "
+                 f"speedup: {speedup:.3f}")
+    per_job_total = format_seconds(total_time / total_jobs) if total_jobs else "-"
+    lines.append(f"Jobs done: {total_jobs}, {per_job_total} per job on a node, {rate:.1f} jobs/s "
+                 f"(from the first submit to the last job done)")
+    return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} T"

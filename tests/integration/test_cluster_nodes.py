@@ -345,17 +345,17 @@ def test_status_never_says_discovery_ended_before_its_nodes_show(node: NodeProce
     with dispy.JobCluster(double, nodes=["127.0.0.1"], dispy_port=node.base_port) as cluster:
         wait_for(lambda: cluster.status()["nodes"], timeout=20)
         cluster._discovered.clear()
-        real_snapshot = cluster._node_snapshot
+        real_snapshot = cluster._ops.snapshot
 
         def snapshot_while_discovery_ends() -> tuple[list[Any], dict[str, str]]:
             nodes, _failed = real_snapshot()
             cluster._discovered.set()  # discovery finishes right after the (empty) snapshot was taken
             return [], {}
 
-        cluster._node_snapshot = snapshot_while_discovery_ends  # type: ignore[method-assign]
+        cluster._ops.snapshot = snapshot_while_discovery_ends  # type: ignore[method-assign]
         status = cluster.status()
         assert status["nodes"] == [] and status["discovering"] is True
-        cluster._node_snapshot = real_snapshot  # type: ignore[method-assign]
+        cluster._ops.snapshot = real_snapshot  # type: ignore[method-assign]
         status = cluster.status()
         assert status["nodes"] and status["discovering"] is False
 
