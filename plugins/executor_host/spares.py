@@ -128,12 +128,7 @@ class Spares:
         host = self.host
         info = host.info
         assert info is not None
-        r_args, w_args = os.pipe()
-        r_res, w_res = os.pipe()
-        r_out, w_out = os.pipe()
-        r_err, w_err = os.pipe()
-        ipc.enlarge_pipe(w_args)
-        ipc.enlarge_pipe(w_res)
+        (r_args, w_res, w_out, w_err), (w_args, r_res, r_out, r_err) = _job_pipes()
         pid = os.fork()
         if pid == 0:  # the job process: wait for the job, run it, report, exit; never back into the loop
             try:
@@ -211,12 +206,7 @@ class Spares:
         info, link = host.info, self.zygote
         assert info is not None and link is not None
         token = proctree.job_token(os.getpid(), next(self._seq))
-        r_args, w_args = os.pipe()
-        r_res, w_res = os.pipe()
-        r_out, w_out = os.pipe()
-        r_err, w_err = os.pipe()
-        ipc.enlarge_pipe(w_args)
-        ipc.enlarge_pipe(w_res)
+        (r_args, w_res, w_out, w_err), (w_args, r_res, r_out, r_err) = _job_pipes()
         try:
             link.request(token, [r_args, w_res, w_out, w_err])
             sent = True
@@ -315,3 +305,14 @@ class Spares:
         self.retire_all()
         if self.zygote is not None:
             self.zygote.close()
+
+
+def _job_pipes() -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """A job process's four pipes: its ends (arguments in, result out, fds 1 and 2), then the host's."""
+    r_args, w_args = os.pipe()
+    r_res, w_res = os.pipe()
+    r_out, w_out = os.pipe()
+    r_err, w_err = os.pipe()
+    ipc.enlarge_pipe(w_args)  # a large argument or result passes in one write
+    ipc.enlarge_pipe(w_res)
+    return (r_args, w_res, w_out, w_err), (w_args, r_res, r_out, r_err)
