@@ -32,13 +32,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dispy_core.joblimits import summary
 from dispy_core.status import JobStatus
-from dispy_plugins.executor_host import containment, hostsetup, ipc, lazylog, namespace, proctree, rlimits, runtime
-from dispy_plugins.executor_host.capture import OUTPUT_CAP, Captured, FdCapture
+from dispy_plugins.executor_host import containment, hostsetup, ipc, lazylog, proctree
+from dispy_plugins.executor_host.capture import OUTPUT_CAP, Captured
 from dispy_plugins.executor_host.lazylog import LazyLogger
 from dispy_plugins.executor_host.namespace import CompInfo
-from dispy_plugins.executor_host.procs import ExitWatch, JobProc
+from dispy_plugins.executor_host.procs import ExitWatch, JobProc, describe_death
 from dispy_plugins.executor_host.spares import Spares
 
 logger = LazyLogger("dispynode")
@@ -69,6 +68,8 @@ class Host:
         self.exits = ExitWatch(self.sel)
         self.reader = ipc.FrameReader()
         self.jobs: dict[int, JobProc] = {}
+        self.waiting: dict[int, bytes | memoryview] = {}
+        """Jobs (uid -> arguments) waiting for the job process the zygote is forking, in arrival order."""
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.info: CompInfo | None = None
@@ -102,6 +103,9 @@ class Host:
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
             refill = self.spares.refilling and not self.closing
+            if refill and self.spares.zygote is not None:  # asking costs little: the zygote forks, not this loop
+                self.spares.refill()
+                refill = False
             ready = self.sel.select(0 if refill else timeout)
             if refill and not ready:  # idle: start the next job's process now, not when a job waits for it
                 self.spares.refill()
@@ -179,7 +183,7 @@ class Host:
         hostsetup.set_up(self, header, blobs)
 
     def _maybe_finish_close(self) -> None:
-        if not self.closing or self.jobs or not self.running:
+        if not self.closing or self.jobs or self.waiting or not self.running:
             return
         self.spares.retire_all()
         self.flush_outbox()  # the last results before cleanup, which is the user's code and may take long
@@ -192,30 +196,6 @@ class Host:
         self.fds.discard(fd)
         with contextlib.suppress(OSError):
             os.close(fd)
-
-    def job_process_main(self, r_args: int, w_res: int, w_out: int, w_err: int) -> None:
-        """A forked job process (from this host or its zygote), holding only its four pipe ends."""
-        info = self.info
-        assert info is not None
-        os.setsid()
-        containment.become_subreaper()  # what its job starts stays below it, to be ended with the job
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        self.exits.child_reset()
-        error, interrupted = "", False
-        if self.shipped:  # setup returned 1: this job's own copy of setup's globals
-            try:
-                namespace.install_setup_globals(self.shipped, self.serializer, self.ns)
-            except BaseException as exc:
-                interrupted = isinstance(exc, KeyboardInterrupt)
-                error = ("cannot install setup's globals in the job process:\n"
-                         f"{runtime.format_exception(exc, 0)}")
-        reader = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME, views=True)
-        channel = runtime.JobChannel(w_res, self.serializer, info.work_dir, info.max_frame, self.max_file_size,
-                                     FdCapture(w_out, w_err), self.limits, self.jobs_per_process > 1)
-        comp = info.computation
-        runtime.serve_jobs(reader, channel, comp.kind, self.fn, comp.program, self.jobs_per_process, error,
-                           interrupted, self.ns)
 
     def on_own_exit(self, proc: JobProc, status: int) -> None:
         ended_job = proc.uid >= 0 and proc.result is None  # it could not end what its job started
@@ -260,8 +240,25 @@ class Host:
             reason = "computation not set up"
         elif self.closing:
             reason = "computation is closing"
-        elif uid in self.jobs:
+        elif uid in self.jobs or uid in self.waiting:
             reason = "duplicate job id"
+        elif self.waiting or self.spares.forking():
+            # no idle job process, and the zygote is forking some: the job waits for the next one rather
+            # than this process forking (a fork here costs the loop that passes every result along)
+            self.waiting[uid] = args
+            self.spares.ensure(len(self.waiting))
+            return
+        self._start(uid, args, reason)
+
+    def spare_ready(self) -> None:
+        """A job process joined the spares, or the zygote is gone: start the jobs waiting for one."""
+        while self.waiting and (self.spares.idle or not self.spares.forking()):
+            uid = next(iter(self.waiting))
+            self._start(uid, self.waiting.pop(uid))
+        self._maybe_finish_close()
+
+    def _start(self, uid: int, args: bytes | memoryview, reason: str = "") -> None:
+        """Hand the job to a job process (or report why it cannot run)."""
         proc = None
         if not reason:
             frame = ipc.encode_parts({"op": "run", "uid": uid}, [args])
@@ -279,9 +276,7 @@ class Host:
             if proc is None:
                 reason = "cannot start a job process"
         if proc is None:
-            now = time.time()
-            self.send({"op": "done", "uid": uid, "status": int(JobStatus.Terminated), "exc": reason,
-                       "t0": now, "t1": now}, [b"", b"", b""])
+            self._report_unstarted(uid, JobStatus.Terminated, reason)
             return
         proc.runs += 1
         if proc.runs >= self.jobs_per_process:  # its last job: the end of its input tells it so too
@@ -454,7 +449,7 @@ class Host:
                 status, exc = JobStatus.Cancelled, "Cancelled"
             else:
                 status = JobStatus.Terminated
-                exc = proc.bad or self._death(proc.status or 0)
+                exc = proc.bad or describe_death(proc.status or 0, self.limits)
         done: dict[str, Any] = {"op": "done", "uid": proc.uid, "status": int(status), "exc": exc, "t0": t0,
                                 "t1": t1}
         started = self.deferred.pop(proc.uid, None)
@@ -465,16 +460,11 @@ class Host:
         self.send(done, [blobs[0], proc.outbuf.take(blobs[1]), proc.errbuf.take(blobs[2]), *exc_object])
         self._maybe_finish_close()
 
-    def _death(self, status: int) -> str:
-        """How a job process ended without a result, with the limit that explains it (if any)."""
-        text = f"job process {proctree.describe_wait_status(status)}"
-        if os.WIFSIGNALED(status):
-            why = rlimits.explain_signal(os.WTERMSIG(status), self.limits)
-            if why:
-                return f"{why} ({text})"
-        return f"{text} (the job's limits: {summary(self.limits)})" if self.limits else text
-
     def _cancel(self, uid: int, grace: float) -> None:
+        if self.waiting.pop(uid, None) is not None:  # it never started: cancelled at once
+            self._report_unstarted(uid, JobStatus.Cancelled, "Cancelled")
+            self._maybe_finish_close()
+            return
         proc = self.jobs.get(uid)
         if proc is None or proc.reported or proc.cancelled:
             return
@@ -498,7 +488,15 @@ class Host:
         logger.warning("job process %s did not exit after SIGKILL; reporting its job cancelled", proc.pid)
         self._report(proc)
 
+    def _report_unstarted(self, uid: int, status: JobStatus, reason: str) -> None:
+        now = time.time()
+        self.send({"op": "done", "uid": uid, "status": int(status), "exc": reason, "t0": now, "t1": now},
+                  [b"", b"", b""])
+
     def _kill_all(self) -> None:
+        waiting, self.waiting = self.waiting, {}
+        for uid in waiting:
+            self._report_unstarted(uid, JobStatus.Cancelled, "Cancelled")
         for proc in list(self.jobs.values()):
             if not proc.reported and proc.status is None:
                 proc.cancelled = True

@@ -1,4 +1,4 @@
-"""A host's job processes as it sees them, and how it learns that a child exited."""
+"""A host's job processes as it sees them, how it learns that a child exited, and how one died."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from dispy_plugins.executor_host import ipc
+from dispy_core.joblimits import summary
+from dispy_plugins.executor_host import ipc, proctree, rlimits
 from dispy_plugins.executor_host.capture import Captured
 
 
@@ -113,3 +114,13 @@ class ExitWatch:
         if not self._use_pidfd:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def describe_death(status: int, limits: dict[str, int]) -> str:
+    """How a job process ended without a result, with the limit that explains it (if any)."""
+    text = f"job process {proctree.describe_wait_status(status)}"
+    if os.WIFSIGNALED(status):
+        why = rlimits.explain_signal(os.WTERMSIG(status), limits)
+        if why:
+            return f"{why} ({text})"
+    return f"{text} (the job's limits: {summary(limits)})" if limits else text

@@ -14,11 +14,13 @@ import functools
 import itertools
 import os
 import selectors
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING
 
-from dispy_plugins.executor_host import ipc, proctree
+from dispy_plugins.executor_host import containment, ipc, namespace, proctree, runtime
+from dispy_plugins.executor_host.capture import FdCapture
 from dispy_plugins.executor_host.lazylog import LazyLogger
 from dispy_plugins.executor_host.procs import JobProc
 
@@ -60,6 +62,15 @@ class Spares:
         return known
 
     # ------------------------------------------------------------------ handing out
+    def forking(self) -> bool:
+        """Whether no job process is idle and the zygote is forking some (a job is better off waiting)."""
+        return not self.idle and self.zygote is not None and bool(self.requested)
+
+    def ensure(self, count: int) -> None:
+        """At least ``count`` job processes asked of the zygote (jobs wait for them)."""
+        while self.zygote is not None and len(self.requested) < count:
+            self._request()
+
     def take(self) -> JobProc | None:
         """The next job's process: the warmest idle one, or a new one; None if none can be started."""
         if self.idle:
@@ -133,7 +144,7 @@ class Spares:
         if pid == 0:  # the job process: wait for the job, run it, report, exit; never back into the loop
             try:
                 ipc.close_quietly((*host.fds, w_args, r_res, r_out, r_err))
-                host.job_process_main(r_args, w_res, w_out, w_err)
+                self.job_main(r_args, w_res, w_out, w_err)
             finally:
                 os._exit(0)
         ipc.close_quietly((r_args, w_res, w_out, w_err))
@@ -178,6 +189,32 @@ class Spares:
         host.exits.watch(proc.pid, lambda status: host.on_own_exit(proc, status))
         return proc
 
+    def job_main(self, r_args: int, w_res: int, w_out: int, w_err: int) -> None:
+        """A forked job process (from the host or its zygote), holding only its four pipe ends: prepare, then
+        run its job (or ``jobs_per_process`` of them)."""
+        host = self.host
+        info = host.info
+        assert info is not None
+        os.setsid()
+        containment.become_subreaper()  # what its job starts stays below it, to be ended with the job
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        host.exits.child_reset()
+        error, interrupted = "", False
+        if host.shipped:  # setup returned 1: this job's own copy of setup's globals
+            try:
+                namespace.install_setup_globals(host.shipped, host.serializer, host.ns)
+            except BaseException as exc:
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                error = ("cannot install setup's globals in the job process:\n"
+                         f"{runtime.format_exception(exc, 0)}")
+        reader = ipc.BlockingReader(r_args, info.max_frame or ipc.DEFAULT_MAX_FRAME, views=True)
+        channel = runtime.JobChannel(w_res, host.serializer, info.work_dir, info.max_frame, host.max_file_size,
+                                     FdCapture(w_out, w_err), host.limits, host.jobs_per_process > 1)
+        comp = info.computation
+        runtime.serve_jobs(reader, channel, comp.kind, host.fn, comp.program, host.jobs_per_process, error,
+                           interrupted, host.ns)
+
     # ------------------------------------------------------------------ the zygote (fork mode)
     def start_zygote(self) -> None:
         """Fork the fork server (see :mod:`zygote`); without it, the host forks job processes itself."""
@@ -192,7 +229,7 @@ class Spares:
         with contextlib.suppress(AttributeError, ValueError, OSError):
             inherited.add(host.sel.fileno())  # type: ignore[attr-defined]
         try:
-            link = zygote.start(host.job_process_main, inherited)
+            link = zygote.start(self.job_main, inherited)
         except OSError as exc:
             logger.warning("no fork server, forking job processes here: %s", exc)
             return
@@ -234,7 +271,7 @@ class Spares:
                 if proc is not None:
                     proc.pid = int(words[2])
                     self.forked[proc.pid] = proc
-                    if proc.wfd >= 0 and not host.closing:
+                    if proc.wfd >= 0 and (not host.closing or host.waiting):
                         self.idle.append(proc)
                     else:  # retired while it was being forked: its input is closed, it ends by itself
                         proctree.kill_tree(proc.pid)
@@ -250,7 +287,8 @@ class Spares:
                 self.wanted = len(self.idle)  # try again at the next submit
             elif kind == "gone":
                 self.zygote_gone()
-                return
+                break
+        host.spare_ready()
 
     def zygote_gone(self) -> None:
         """The zygote died: fork here from now on; its job processes' exits come by pidfd (status lost)."""
@@ -270,6 +308,8 @@ class Spares:
         forked, self.forked = self.forked, {}
         for pid, proc in forked.items():
             host.exits.watch(pid, functools.partial(host.on_exit, proc))
+        if host.waiting:  # what waited for the zygote's job processes gets the host's own
+            host.spare_ready()
 
     def _drop(self, proc: JobProc) -> None:
         """Close the host's ends of a job process that never started."""

@@ -177,3 +177,32 @@ def test_node_setting_turns_the_zygote_off(tmp_path: Path) -> None:
         assert all(child.children() == [] for child in alive(host_pid(ex)))
 
     run(with_executor(lambda: ForkExecutor(Settings(**{"executor.fork.zygote": False})), spec(tmp_path), body))
+
+
+def test_a_burst_beyond_the_spares_waits_for_the_zygote_instead_of_forking_in_the_host(tmp_path: Path) -> None:
+    """More jobs at once than spares: each waits for a process the zygote forks; the host, which passes
+    every result along, forks none itself (it did, for each job that found no spare idle)."""
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        for uid in range(12):
+            await ex.submit("c1", uid, args(""))
+        parents = set()
+        for uid in range(12):
+            out = await ev.done(uid)
+            assert out.status == JobStatus.Finished, out.exception
+            parents.add(int(S.loads(out.result)[1]))
+        assert host_pid(ex) not in parents and len(parents) == 1, parents
+
+    run(with_executor(lambda: ForkExecutor(Settings(**{"executor.fork.spares": 1})), spec(tmp_path), body))
+
+
+def test_a_job_waiting_for_a_process_is_cancelled_at_once(tmp_path: Path) -> None:
+    async def body(ex: JobExecutor, ev: Events) -> None:
+        for uid in range(6):
+            await ex.submit("c1", uid, args("sleep"))
+        await ex.cancel("c1", 5)  # still waiting for its process: no grace to wait out
+        out = await ev.done(5, timeout=5)
+        assert out.status == JobStatus.Cancelled
+        for uid in range(5):
+            assert (await ev.done(uid)).status == JobStatus.Finished
+
+    run(with_executor(lambda: ForkExecutor(Settings(**{"executor.fork.spares": 1})), spec(tmp_path), body))
