@@ -27,9 +27,12 @@ _DECODER = json.JSONDecoder()
 
 def dumps(obj: Any) -> str:
     """``obj`` as compact ASCII JSON (dicts, lists, str, int, float, bool, None only)."""
-    if _fast is not None and type(obj) is dict:
-        return "".join(_fast(obj, 0))
-    return _SLOW.encode(obj)
+    try:
+        if _fast is not None and type(obj) is dict:
+            return "".join(_fast(obj, 0))  # no circular check here: a cycle ends as RecursionError
+        return _SLOW.encode(obj)
+    except RecursionError:
+        raise ValueError("a value nested too deeply, or containing itself, cannot be a frame header") from None
 
 
 def loads(text: str) -> Any:

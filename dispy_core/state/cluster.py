@@ -11,9 +11,10 @@ It is pure: events in (``state.events``), instructions out, no I/O and no clock.
   lowered them below what the node granted. When its jobs prove short, up to ``deep_pipeline`` per CPU:
   about ``QUEUE_SECONDS`` of work waits there per CPU, so that results and jobs travel in batches (one
   write, one wake-up of each process, for many tiny jobs) while a long job never waits behind a deep queue.
-  A node with a deep queue is topped up only once it has drained below its ``low_water`` (its CPUs plus
-  half the queue beyond them), and then to its capacity at once: jobs go to it many in one frame rather
-  than one per result, and its CPUs still never wait. A job sent beyond the node's CPUs waits there and stays
+  A node with a deep queue is topped up only once it has drained below its low water (its CPUs plus
+  half the queue beyond them: ``NodeRecord.has_room``), and then to its capacity at once: jobs go to it
+  many in one frame rather than one per result, and its CPUs still never wait. A job sent beyond the
+  node's CPUs waits there and stays
   ``Created`` until the node says it started. ``busy`` is the number of jobs in flight: never a counter.
 - **Choice.** Pinned jobs go first to their node. Then the scheduler plugin (``interfaces.Scheduler``)
   assigns pending jobs to nodes with room; assignments that name an unknown job or node, a pinned job,

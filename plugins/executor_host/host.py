@@ -379,6 +379,8 @@ class Host:
                     self._report(proc)
                     proc.recycle()
                     self.spares.give_back(proc)
+                    if self.waiting:  # a job waiting for the zygote's next process takes this one now
+                        self.spare_ready()
                     return
                 self._close_pipe(proc)
                 self._report(proc)  # at once: the process's own teardown need not delay the result

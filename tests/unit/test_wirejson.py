@@ -48,3 +48,14 @@ def test_whitespace_around_and_trailing_data() -> None:
 def test_what_json_cannot_carry_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="bytes"):
         wirejson.dumps({"blob": b"x"})
+
+
+def test_a_cycle_or_a_too_deep_value_is_a_value_error() -> None:
+    cyclic: dict = {}
+    cyclic["self"] = cyclic
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    for value in ({"a": cyclic}, {"a": deep}):
+        with pytest.raises(ValueError, match="nested too deeply"):
+            wirejson.dumps(value)
